@@ -1,0 +1,1 @@
+"""trust_monai.engines"""

@@ -1,0 +1,41 @@
+"""The project's own exceptions: one line each, naming the file and the fix where there is one."""
+
+from __future__ import annotations
+
+__all__ = [
+    "TrustMonaiError",
+    "DataSourceUnavailable",
+    "InputFileError",
+    "DatalistError",
+    "BundleError",
+    "OutputExistsError",
+]
+
+
+class TrustMonaiError(Exception):
+    """Base class: every error the project raises on purpose derives from it, so callers can catch one type."""
+
+
+class DataSourceUnavailable(TrustMonaiError):
+    """An offline sample data source is missing; the message says what and the one command that installs it."""
+
+
+class InputFileError(TrustMonaiError):
+    """An input file is missing, unreadable or corrupt; the message names the file."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class DatalistError(TrustMonaiError):
+    """A datalist (dataset.json) is malformed or points outside its dataset folder."""
+
+
+class BundleError(TrustMonaiError):
+    """A bundle folder or config breaks the bundle contract."""
+
+
+class OutputExistsError(TrustMonaiError):
+    """An output would overwrite existing data or be written into the input folder."""

@@ -1,0 +1,74 @@
+"""Atomic writes and hashing: outputs appear whole or not at all, inputs are never touched."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "sha256_file"]
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success it is renamed onto ``target``, on error removed.
+
+    The temporary file keeps the target's suffixes (``.nii.gz``, ``.png``) so writers that pick a format from the
+    name still work. The rename is atomic on one filesystem, which is why the temp file lives in the same folder.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(target.suffixes) if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            if tmp_path.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp_path)
+            else:
+                tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``target`` atomically (fsync before rename)."""
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(target)
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``target`` atomically."""
+    return atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_write_json(target: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON to ``target`` atomically."""
+    return atomic_write_text(target, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, or of every file under a folder (sorted relative paths and contents) for DICOM series."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for p in files:
+        if path.is_dir():
+            h.update(p.relative_to(path).as_posix().encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(chunk), b""):
+                h.update(block)
+    return h.hexdigest()
