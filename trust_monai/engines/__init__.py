@@ -1,1 +1,5 @@
-"""trust_monai.engines"""
+"""Glue that bundles call: manifests, case writers, reports."""
+
+from .manifest import Manifest
+
+__all__ = ["Manifest"]

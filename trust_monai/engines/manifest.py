@@ -1,0 +1,113 @@
+"""``output_dir/manifest.json``: one record per case, written atomically, so reruns resume and skip finished cases."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import OutputExistsError
+from ..utils.fileio import atomic_write_json, sha256_file
+
+__all__ = ["Manifest"]
+
+
+class Manifest:
+    """Per-case record of what a bundle wrote: input / output paths, sha256 of both, status and metrics.
+
+    A case counts as finished only when its record is in the manifest AND its output still hashes to the recorded
+    sha256, so a file damaged or removed after a crash is redone on the next run. The manifest itself is rewritten
+    atomically after every case (temp + rename), which keeps it consistent with the files on disk at any kill point.
+
+    Args:
+        output_dir: folder the bundle writes into (must not be, or be inside, ``input_dir``).
+        bundle: bundle name recorded in the manifest.
+        config: config name (``inference``, ``evaluate`` ...).
+        input_dir: the dataset folder; writing into it is refused so inputs are never modified.
+        seed: seed of the run, recorded for reproducibility.
+    """
+
+    def __init__(self, output_dir, bundle: str, config: str, input_dir=None, seed: int | None = None):
+        self.output_dir = Path(output_dir).resolve()
+        if input_dir is not None:
+            inp = Path(input_dir).resolve()
+            if self.output_dir == inp or inp in self.output_dir.parents:
+                raise OutputExistsError(
+                    f"output_dir {self.output_dir} is inside the input folder {inp}; choose another --output_dir"
+                )
+        self.path = self.output_dir / "manifest.json"
+        self.data: dict[str, Any] = {
+            "bundle": bundle,
+            "config": config,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "trust_monai_version": __version__,
+            "seed": seed,
+            "cases": [],
+        }
+        if self.path.is_file():
+            old = json.loads(self.path.read_text())
+            if old.get("bundle") == bundle and old.get("config") == config:
+                self.data["cases"] = old.get("cases", [])
+        self._index = {c["input"]: i for i, c in enumerate(self.data["cases"])}
+
+    def relpath(self, path) -> str:
+        """Path relative to ``output_dir`` when inside it, else absolute (what the manifest stores for outputs)."""
+        p = Path(path).resolve()
+        try:
+            return p.relative_to(self.output_dir).as_posix()
+        except ValueError:
+            return str(p)
+
+    def is_done(self, input_path) -> bool:
+        """True when ``input_path`` has a finished record whose output is on disk with the recorded hash."""
+        i = self._index.get(str(input_path))
+        if i is None:
+            return False
+        rec = self.data["cases"][i]
+        if rec["status"] == "error":
+            return False
+        if rec["output"] is None:
+            return True
+        out = self.output_dir / rec["output"]
+        return out.exists() and sha256_file(out) == rec["output_sha256"]
+
+    def record(self, input_path, output_path=None, status: str = "done", metrics: dict | None = None, error=None):
+        """Add or replace the record of one case and rewrite the manifest atomically."""
+        rec = {
+            "input": str(input_path),
+            "output": None if output_path is None else self.relpath(output_path),
+            "input_sha256": sha256_file(input_path),
+            "output_sha256": None if output_path is None else sha256_file(output_path),
+            "status": status,
+            "metrics": {k: _plain(v) for k, v in (metrics or {}).items()},
+        }
+        if error is not None:
+            rec["error"] = str(error)
+        key = str(input_path)
+        if key in self._index:
+            self.data["cases"][self._index[key]] = rec
+        else:
+            self._index[key] = len(self.data["cases"])
+            self.data["cases"].append(rec)
+        self.save()
+        return rec
+
+    def save(self) -> Path:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        return atomic_write_json(self.path, self.data)
+
+    @property
+    def cases(self) -> list[dict]:
+        return self.data["cases"]
+
+
+def _plain(v):
+    """Metrics as JSON numbers (tensors and numpy scalars included)."""
+    if hasattr(v, "item") and getattr(v, "ndim", 0) == 0:
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v if isinstance(v, (int, float, str, bool, type(None), dict)) else str(v)
