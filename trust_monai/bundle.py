@@ -24,6 +24,7 @@ __all__ = [
     "resolve_device",
     "setup_run",
     "check_bundle",
+    "install_error_hook",
     "REQUIRED_FILES",
     "CONTRACT_IDS",
 ]
@@ -107,12 +108,49 @@ def setup_run(seed: int | None = 0, deterministic: bool = True, num_threads: int
     import torch
     from monai.utils import set_determinism
 
+    install_error_hook()
     if num_threads:
         torch.set_num_threads(int(num_threads))
     if seed is not None:
         set_determinism(seed=int(seed), use_deterministic_algorithms=None)
     if deterministic:
         torch.backends.cudnn.benchmark = False
+
+
+def _project_error(exc: BaseException | None):
+    """The first TrustMonaiError in an exception chain (MONAI wraps errors raised while instantiating components)."""
+    from .errors import TrustMonaiError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, TrustMonaiError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def install_error_hook() -> None:
+    """Make an uncaught project error print one line (``error: FILE: reason``) and exit 1 instead of a traceback.
+
+    Bundles run under ``python -m monai.bundle run``, whose top level the project does not own; the hook is how a bad
+    input file reaches the user as one readable line. Other exceptions keep Python's full traceback.
+    """
+    import sys
+
+    previous = sys.excepthook
+    if getattr(previous, "_trust_monai", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        err = _project_error(exc)
+        if err is None:
+            return previous(exc_type, exc, tb)
+        sys.stderr.write(f"error: {err}\n")
+        sys.stderr.flush()
+
+    hook._trust_monai = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def _load_schema(name: str) -> dict:

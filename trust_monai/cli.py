@@ -1,0 +1,89 @@
+"""``trust-monai`` / ``python -m trust_monai``: list bundles, prepare sample data, run bundles.
+
+Built with fire. Only the verbs that need torch import it, so ``--help`` and ``list`` answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from .errors import TrustMonaiError
+
+__all__ = ["main", "Data", "CLI"]
+
+
+class Data:
+    """Offline sample datasets: ``data list``, ``data prepare NAME``."""
+
+    def list(self):
+        """Print every sample dataset, its kind, and whether it is prepared in the cache."""
+        from .data.cache import cache_dir
+        from .data.sources import DATASETS
+
+        root = cache_dir()
+        for name, info in DATASETS.items():
+            ready = (root / name / ".complete").is_file()
+            print(f"{name:24s} {info.kind:15s} {'ready' if ready else '-':6s} {info.description}")
+        print(f"cache: {root} (set TRUST_MONAI_DATA to move it)")
+
+    def prepare(self, name: str, root: str | None = None, force: bool = False):
+        """Prepare sample dataset NAME (offline) and print its folder, usable as a bundle's --dataset_dir."""
+        from .data.sources import prepare
+
+        path = prepare(name, root=root, force=force)
+        print(path)
+
+
+class CLI:
+    """trust_monai: protect, purify, certify and screen medical imaging data and models."""
+
+    def __init__(self):
+        self.data = Data()
+
+    def list(self):
+        """List the packaged bundles and what each does."""
+        from .bundle import list_bundles
+
+        rows = list_bundles()
+        if not rows:
+            print("no bundles found")
+        for r in rows:
+            print(f"{r['name']:16s} {r['version']:8s} {r['task']}")
+
+    def run(self, bundle: str, config: str = "train", **overrides):
+        """Run CONFIG (train | inference | evaluate) of BUNDLE: a thin wrapper over ``python -m monai.bundle run``.
+
+        Extra ``--key value`` pairs are passed on as bundle overrides (``--epochs 1 --device cpu``).
+        """
+        from .bundle import bundle_root
+
+        root = bundle_root(bundle)
+        cfg = config if config.endswith((".json", ".yaml")) else f"{config}.json"
+        cfg_path = os.path.join(root, "configs", cfg)
+        if not os.path.isfile(cfg_path):
+            raise TrustMonaiError(f"{cfg_path} does not exist; configs of {bundle}: {_configs(root)}")
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", cfg_path]
+        for k, v in overrides.items():
+            cmd += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
+        return subprocess.call(cmd)
+
+
+def _configs(root: str) -> str:
+    names = sorted(f[:-5] for f in os.listdir(os.path.join(root, "configs")) if f.endswith(".json"))
+    return ", ".join(n for n in names if n != "metadata")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: project errors print one line and exit 1 instead of a traceback."""
+    import fire
+
+    try:
+        result = fire.Fire(CLI(), command=argv, name="trust-monai")
+    except TrustMonaiError as e:
+        print(f"trust-monai: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if isinstance(result, int) and result:
+        sys.exit(result)
