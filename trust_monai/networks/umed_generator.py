@@ -1,0 +1,89 @@
+"""UMed's perturbation network: a contour generator and a texture generator under a per-voxel L-inf budget."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.nets import UNet
+
+from ..transforms.roi import contour_band, texture_map
+
+__all__ = ["UMedGenerator"]
+
+
+def _small_unet(spatial_dims: int, in_channels: int, out_channels: int, channels, strides) -> nn.Module:
+    return UNet(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=tuple(channels),
+        strides=tuple(strides),
+        num_res_units=1,
+        norm="instance",
+    )
+
+
+class UMedGenerator(nn.Module):
+    """Contour- and texture-aware error-minimizing perturbation, after "Safeguarding Medical Image Segmentation
+    Datasets against Unauthorized Training via Contour- and Texture-Aware Perturbations".
+
+    ``delta = eps * band * tanh(G_c([x, band])) + eps * texture * interior * tanh(G_t([x, texture]))``, then clipped so
+    ``x + delta`` stays in ``[0, 1]``. ``band`` is the contour band of the mask, ``interior`` the mask minus the band and
+    ``texture`` the normalised gradient magnitude in ``[floor, 1]``; so ``|delta| <= eps`` everywhere and ``delta == 0``
+    exactly outside mask + band, whatever the generators output.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: image channels (intensities normalised to [0, 1]).
+        epsilon: L-inf budget in normalised intensity units (4/255 by default).
+        band_width: contour band half-width in voxels.
+        texture_floor: smallest texture weight inside the ROI.
+        channels / strides: the two small U-Nets' widths and down-sampling.
+
+    Shapes:
+        ``forward(image, label)``: image (B, C, *spatial) in [0, 1], label (B, 1, *spatial) class map -> delta like image.
+        ``forward(x)`` with ``x = cat([image, label], 1)`` is the single-tensor form used by MONAI bundle tools.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        epsilon: float = 4 / 255,
+        band_width: int = 2,
+        texture_floor: float = 0.25,
+        channels=(16, 32, 64),
+        strides=(2, 2),
+    ) -> None:
+        super().__init__()
+        self.spatial_dims, self.in_channels = spatial_dims, in_channels
+        self.epsilon, self.band_width, self.texture_floor = float(epsilon), int(band_width), float(texture_floor)
+        self.multiple = 2 ** len(strides)
+        self.contour_gen = _small_unet(spatial_dims, in_channels + 1, in_channels, channels, strides)
+        self.texture_gen = _small_unet(spatial_dims, in_channels + 1, in_channels, channels, strides)
+
+    def budget(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(band, texture_weight_inside_roi)``, each (B, 1, *spatial)."""
+        band, region = contour_band(label, self.band_width)
+        tex = texture_map(image, region - band, self.texture_floor)
+        return band, tex
+
+    def _run(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        # the U-Net needs sizes divisible by 2**depth; pad by replication and crop back, so any scan size works
+        size = x.shape[2:]
+        pad = []
+        for s in reversed(size):
+            pad += [0, (-s) % self.multiple]
+        y = net(F.pad(x, pad, mode="replicate") if any(pad) else x)
+        return y[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        if label is None:
+            image, label = image[:, : self.in_channels], image[:, self.in_channels :]
+        band, tex = self.budget(image, label)
+        d_contour = torch.tanh(self._run(self.contour_gen, torch.cat([image, band], 1))) * band
+        d_texture = torch.tanh(self._run(self.texture_gen, torch.cat([image, tex], 1))) * tex
+        delta = self.epsilon * (d_contour + d_texture)
+        # keep x + delta a valid image; clipping only shrinks |delta|, so the budget still holds
+        return (image + delta).clamp(0.0, 1.0) - image
