@@ -28,9 +28,12 @@ class Manifest:
         config: config name (``inference``, ``evaluate`` ...).
         input_dir: the dataset folder; writing into it is refused so inputs are never modified.
         seed: seed of the run, recorded for reproducibility.
+        overwrite: replace a manifest written by another bundle / config instead of refusing.
     """
 
-    def __init__(self, output_dir, bundle: str, config: str, input_dir=None, seed: int | None = None):
+    def __init__(
+        self, output_dir, bundle: str, config: str, input_dir=None, seed: int | None = None, overwrite: bool = False
+    ):
         self.output_dir = Path(output_dir).resolve()
         if input_dir is not None:
             inp = Path(input_dir).resolve()
@@ -51,6 +54,11 @@ class Manifest:
             old = json.loads(self.path.read_text())
             if old.get("bundle") == bundle and old.get("config") == config:
                 self.data["cases"] = old.get("cases", [])
+            elif not overwrite:
+                raise OutputExistsError(
+                    f"{self.path} belongs to {old.get('bundle')}/{old.get('config')}; "
+                    "choose another --output_dir or pass --overwrite true"
+                )
         self._index = {c["input"]: i for i, c in enumerate(self.data["cases"])}
 
     def relpath(self, path) -> str:

@@ -1,0 +1,65 @@
+"""MONAI transform chains shared by the medical bundles: one function, ``spatial_dims`` 2 or 3."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+__all__ = ["segmentation_transforms"]
+
+
+def segmentation_transforms(
+    spatial_dims: int = 2,
+    patch_size: Sequence[int] | None = None,
+    train: bool = True,
+    num_samples: int = 4,
+    pos: float = 1.0,
+    neg: float = 1.0,
+    ct_window: Sequence[float] = (-1000.0, 1000.0),
+):
+    """Load image + label, channel first, window intensities to [0, 1], and (train) sample patches at native resolution.
+
+    Training samples ``num_samples`` patches per case with foreground / background ratio ``pos:neg`` (lesions are
+    small, so uniform crops would rarely see one). Evaluation keeps the whole image for sliding-window inference.
+
+    Args:
+        spatial_dims: 2 or 3; the patch size defaults to (128, 128) or (64, 64, 32).
+        patch_size: training patch size.
+        train: add patch sampling and light augmentation.
+        num_samples / pos / neg: ``RandCropByPosNegLabeld`` settings.
+        ct_window: Hounsfield window for entries whose ``modality`` is CT.
+
+    Returns:
+        a ``monai.transforms.Compose``.
+    """
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        EnsureTyped,
+        LoadImaged,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        SpatialPadd,
+    )
+
+    from ..transforms.intensity import ScanNormalized
+
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if patch_size is None:
+        patch_size = (128, 128) if spatial_dims == 2 else (64, 64, 32)
+    keys = ["image", "label"]
+    xs = [
+        LoadImaged(keys, image_only=True),
+        EnsureChannelFirstd(keys, channel_dim="no_channel"),
+        ScanNormalized("image", ct_window=ct_window),
+        EnsureTyped(keys, dtype=None, track_meta=True),
+    ]
+    if train:
+        xs += [
+            SpatialPadd(keys, spatial_size=patch_size, mode="constant"),
+            RandCropByPosNegLabeld(
+                keys, label_key="label", spatial_size=patch_size, pos=pos, neg=neg, num_samples=num_samples
+            ),
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+        ]
+    return Compose(xs)

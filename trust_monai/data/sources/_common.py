@@ -1,0 +1,155 @@
+"""Pieces shared by the dataset builders: the dataset record, the builder record, progress and file writers.
+
+Nothing heavy is imported at module level (numpy, nibabel and tqdm are imported inside the functions), so the
+registry in ``trust_monai.data.sources`` can be read without loading them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from trust_monai.errors import DataSourceUnavailable
+from trust_monai.utils.fileio import atomic_write_json
+
+KINDS = ("classification", "segmentation", "dicom", "faces")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a sample dataset is and where it comes from.
+
+    Attributes:
+        name: registry key and folder name under the cache root.
+        description: one sentence for humans and the CLI ``list``.
+        kind: one of ``classification``, ``segmentation``, ``dicom``, ``faces``.
+        spatial_dims: 2 or 3 (dimensionality of one datalist item).
+        source: one line naming where the raw data comes from.
+        install_hint: the one command that installs the source when it is missing, "" when nothing is needed.
+        licence: licence of the data.
+    """
+
+    name: str
+    description: str
+    kind: str
+    spatial_dims: int
+    source: str
+    install_hint: str
+    licence: str
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.name}: kind {self.kind!r} is not one of {KINDS}")
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"{self.name}: spatial_dims must be 2 or 3, got {self.spatial_dims}")
+
+
+@dataclass(frozen=True)
+class Builder:
+    """How one dataset is made.
+
+    Attributes:
+        version: returns the marker string of a finished build; cheap (no source access), so a complete folder is
+            recognised without any work. It changes whenever the output would change.
+        locate: finds (or fetches) the source and returns a handle for ``build``; raises DataSourceUnavailable.
+        build: ``build(out, source, info)`` writes every file and ``dataset.json`` into the empty folder ``out``.
+    """
+
+    version: Callable[[], str]
+    locate: Callable[[], Any]
+    build: Callable[[Path, Any, DatasetInfo], None]
+
+
+def dist_version(distribution: str) -> str:
+    """Installed version of a distribution without importing it (cheap), or ``"none"`` when not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "none"
+
+
+def import_source(module: str, what: str, hint: str):
+    """Import ``module`` or raise DataSourceUnavailable naming ``what`` is missing and the command ``hint``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise DataSourceUnavailable(
+            f"{what} needs the Python package {module!r} ({exc}); install it with: {hint}"
+        ) from exc
+
+
+def progress(iterable: Iterable, desc: str, total: int | None = None, unit: str = "it"):
+    """Wrap ``iterable`` in a tqdm bar that shows on a terminal and stays silent in logs and CI (disable=None)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=None, leave=False)
+
+
+def write_nifti(path: Path, array, affine, code: int = 1) -> None:
+    """Save ``array`` as NIfTI-1 with ``affine`` as both qform and sform.
+
+    Args:
+        path: destination (``.nii.gz``); parent folders are created.
+        array: 2D or 3D array; its dtype is kept (no scaling).
+        affine: 4x4 voxel-to-RAS+ world matrix in mm.
+        code: NIfTI xform code (1 scanner, 4 MNI152).
+    """
+    import nibabel as nib
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    affine = np.asarray(affine, dtype=np.float64)
+    img = nib.Nifti1Image(np.asarray(array), affine)
+    img.set_qform(affine, code=code)
+    img.set_sform(affine, code=code)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+
+
+def slice_affine(affine, index: int, axis: int = 2):
+    """Affine of the sub-array that starts at voxel ``index`` along ``axis``: same axes, origin moved there."""
+    import numpy as np
+
+    shifted = np.array(affine, dtype=np.float64)
+    offset = np.zeros(4)
+    offset[axis] = index
+    offset[3] = 1.0
+    shifted[:3, 3] = (np.asarray(affine, dtype=np.float64) @ offset)[:3]
+    return shifted
+
+
+def write_datalist(
+    out: Path, info: DatasetInfo, training: Sequence[dict], test: Sequence[dict], split_rule: str, **extra: Any
+) -> Path:
+    """Write ``out/dataset.json`` in MONAI Decathlon style, paths relative to ``out``.
+
+    Args:
+        out: dataset folder being built.
+        info: the dataset's registry record (name, description, licence, source).
+        training: datalist entries of the training split.
+        test: datalist entries of the test split.
+        split_rule: one or two sentences saying how training and test were separated and why.
+        extra: further top-level keys (``labels``, ``modality``, ``classes`` ...).
+
+    Returns:
+        Path of the written file.
+    """
+    doc = {
+        "name": info.name,
+        "description": info.description,
+        "licence": info.licence,
+        "source": info.source,
+        "kind": info.kind,
+        "tensorImageSize": f"{info.spatial_dims}D",
+        "split_rule": split_rule,
+        **extra,
+        "numTraining": len(training),
+        "numTest": len(test),
+        "training": list(training),
+        "test": list(test),
+    }
+    return atomic_write_json(out / "dataset.json", doc)
