@@ -1,0 +1,170 @@
+"""Write a changed copy of a dataset, case by case, in the input's own format (protect, purify, poison).
+
+The shared engine of every verb that outputs data: it reads each case with :func:`trust_monai.data.read_image`,
+hands it to a processor, writes the result with :func:`trust_monai.data.write_image` (same format, geometry and
+headers kept), mirrors the input's relative paths, and records the case in ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from monai.engines import Workflow
+from monai.engines.utils import IterationEvents  # noqa: F401  (re-exported for handlers)
+from ignite.engine import Events
+
+from ..data.datalist import check_readable, load_datalist
+from ..data.io import read_image, write_image
+from ..errors import TrustMonaiError
+from ..utils.fileio import atomic_path, atomic_write_json
+from .manifest import Manifest
+
+__all__ = ["CaseWriter"]
+
+
+class CaseWriter(Workflow):
+    """Ignite engine: one iteration = one case read, processed, written and recorded.
+
+    Every listed file is checked readable before anything is written, so a corrupt input stops the run with one line
+    naming it and no partial output. A processor error on one case (empty mask, shape mismatch ...) is recorded as
+    that case's error and the rest of the dataset still completes. A rerun skips the cases already in the manifest.
+
+    Args:
+        dataset_dir: folder with ``dataset.json``.
+        output_dir: where the copy goes (never inside ``dataset_dir``).
+        processor: ``processor(image, meta, entry) -> (new_image, metrics)``; ``image`` is the array
+            :func:`read_image` returns, ``entry`` the datalist entry with absolute paths.
+        bundle / config: recorded in the manifest.
+        process_sections: datalist sections whose images are processed.
+        copy_sections: sections copied byte for byte (e.g. the clean test split kept for evaluation).
+        image_key: the key that is processed; ``extra_keys`` (labels) are copied unchanged beside it.
+        derivation: note stored in DICOM DerivationDescription.
+        progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        dataset_dir,
+        output_dir,
+        processor: Callable[[Any, Any, dict], tuple[Any, dict]],
+        bundle: str,
+        config: str = "inference",
+        process_sections: Sequence[str] = ("training",),
+        copy_sections: Sequence[str] = ("test",),
+        image_key: str = "image",
+        extra_keys: Sequence[str] = ("label",),
+        derivation: str = "",
+        seed: int | None = None,
+        overwrite: bool = False,
+        progress: bool = True,
+        device: str | torch.device = "cpu",
+        handlers: Sequence | None = None,
+    ) -> None:
+        self.dataset_dir = Path(dataset_dir).resolve()
+        self.output_dir = Path(output_dir).resolve()
+        self.datalist = json.loads((self.dataset_dir / "dataset.json").read_text()) if (
+            self.dataset_dir / "dataset.json"
+        ).is_file() else {}
+        keys = (image_key, *extra_keys)
+        cases: list[dict] = []
+        for section in (*process_sections, *copy_sections):
+            if section not in self.datalist:
+                continue
+            for i, entry in enumerate(load_datalist(self.dataset_dir, section, keys=keys)):
+                cases.append({"section": section, "index": i, "process": section in process_sections, "entry": entry})
+        if not self.datalist:
+            load_datalist(self.dataset_dir, process_sections[0], keys=keys)  # raises the readable error
+        self.cases, self.keys, self.image_key = cases, keys, image_key
+        self.processor, self.derivation, self.progress = processor, derivation, progress
+        self.bundle, self.config, self.seed, self.overwrite = bundle, config, seed, overwrite
+        self.manifest: Manifest | None = None
+        super().__init__(
+            device=device,
+            max_epochs=1,
+            data_loader=cases,
+            epoch_length=len(cases),
+            handlers=handlers,
+            decollate=False,
+        )
+        self.add_event_handler(Events.STARTED, self._start)
+        self.add_event_handler(Events.COMPLETED, self._finish)
+        self._bar = None
+
+    def _out(self, path: str) -> Path:
+        return self.output_dir / Path(path).resolve().relative_to(self.dataset_dir)
+
+    def _start(self, engine) -> None:
+        check_readable([c["entry"] for c in self.cases], self.keys)
+        self.manifest = Manifest(
+            self.output_dir, self.bundle, self.config, input_dir=self.dataset_dir, seed=self.seed,
+            overwrite=self.overwrite,
+        )
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=len(self.cases), desc=f"{self.bundle} {self.config}", unit="case")
+
+    def _copy(self, src: str) -> Path:
+        dst = self._out(src)
+        _remove_stale(dst)
+        if Path(src).is_dir():
+            with atomic_path(dst, suffix="") as tmp:
+                tmp.unlink()
+                shutil.copytree(src, tmp)
+        else:
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+        return dst
+
+    def _iteration(self, engine, case: dict) -> dict:
+        entry, manifest = case["entry"], self.manifest
+        src = entry[self.image_key]
+        status, metrics = "done", {}
+        if not manifest.is_done(src):
+            try:
+                for k in self.keys[1:]:
+                    if isinstance(entry.get(k), str):
+                        self._copy(entry[k])
+                if case["process"]:
+                    image, meta = read_image(src)
+                    out, metrics = self.processor(image, meta, entry)
+                    if out is None:  # nothing to change (e.g. empty mask): a byte copy, flagged
+                        dst, status = self._copy(src), "copied"
+                    else:
+                        dst = self._out(src)
+                        _remove_stale(dst)
+                        write_image(out, meta, dst, derivation=self.derivation)
+                else:
+                    dst, status = self._copy(src), "copied"
+                manifest.record(src, dst, status=status, metrics={"section": case["section"], **metrics})
+            except TrustMonaiError as e:
+                manifest.record(src, None, status="error", metrics={"section": case["section"]}, error=e)
+                status = "error"
+        if self._bar is not None:
+            self._bar.update(1)
+        engine.state.output = {"input": src, "status": status, "metrics": metrics}
+        return engine.state.output
+
+    def _finish(self, engine) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        # the copy is itself a dataset_dir: same datalist, same relative paths
+        atomic_write_json(self.output_dir / "dataset.json", self.datalist)
+        self.manifest.save()
+        errors = [c for c in self.manifest.cases if c["status"] == "error"]
+        if errors:
+            print(f"{len(errors)} case(s) failed, see {self.manifest.path}:")
+            for c in errors:
+                print(f"  {c['input']}: {c.get('error', '')}")
+
+
+def _remove_stale(dst: Path) -> None:
+    """Remove an output left by a run killed after writing but before recording it (only ever inside output_dir)."""
+    if dst.is_dir():
+        shutil.rmtree(dst)
+    elif dst.exists():
+        dst.unlink()
