@@ -157,11 +157,15 @@ def _load_schema(name: str) -> dict:
     return json.loads((repo_root() / "configs" / "schemas" / name).read_text())
 
 
-def check_bundle(path: str | os.PathLike, workflows: tuple[str, ...] = ("train", "infer")) -> list[str]:
+def check_bundle(
+    path: str | os.PathLike, workflows: tuple[str, ...] = ("train", "infer"), overrides: dict | None = None
+) -> list[str]:
     """Check one bundle folder against the contract; returns the problems found (empty when clean).
 
     Checks the required files, metadata.json against MONAI's mandatory keys (``configs/schemas/metadata.schema.json``),
-    the contract ids in train.json, and ``ConfigWorkflow(...).check_properties()`` for train and infer.
+    the contract ids in train.json, and ``ConfigWorkflow(...).check_properties()`` for train and infer. MONAI
+    resolves each property to check it, which builds the components: ``overrides`` (``{"train": {...},
+    "inference": {...}}``, e.g. the bundle's smoke overrides) keep that on tiny data.
     """
     import jsonschema
 
@@ -180,13 +184,19 @@ def check_bundle(path: str | os.PathLike, workflows: tuple[str, ...] = ("train",
         return problems
     from monai.bundle import ConfigWorkflow
 
-    files = {"train": "train.json", "infer": "inference.json"}
+    files = {"train": "train", "infer": "inference"}
+    overrides = overrides or {}
     for wf in workflows:
-        cfg_file = path / "configs" / files[wf]
+        cfg_file = path / "configs" / f"{files[wf]}.json"
         workflow = ConfigWorkflow(
-            config_file=str(cfg_file), meta_file=str(meta_file), logging_file=False, workflow_type=wf
+            config_file=str(cfg_file),
+            meta_file=str(meta_file),
+            logging_file=False,
+            workflow_type=wf,
+            **overrides.get(files[wf], {}),
         )
+        workflow.initialize()
         missing = workflow.check_properties()
         if missing:
-            problems.append(f"{files[wf]}: check_properties reports {missing}")
+            problems.append(f"{files[wf]}.json: check_properties reports {missing}")
     return problems

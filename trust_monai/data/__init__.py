@@ -17,8 +17,11 @@ _EXPORTS = {
     "write_image": ".io",
     "ImageMeta": ".io",
     "to_metatensor": ".io",
+    "probe_image": ".io",
+    "detect_format": ".io",
     "load_datalist": ".datalist",
     "check_readable": ".datalist",
+    "num_classes": ".datalist",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -27,6 +30,8 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    if name in ("cache", "sources", "io", "datalist", "pipelines"):
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

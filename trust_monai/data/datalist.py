@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 from trust_monai.errors import DatalistError, InputFileError
 
-__all__ = ["DATALIST_FILENAME", "DATALIST_SCHEMA_PATH", "check_readable", "load_datalist"]
+__all__ = ["DATALIST_FILENAME", "DATALIST_SCHEMA_PATH", "check_readable", "load_datalist", "num_classes"]
 
 DATALIST_FILENAME = "dataset.json"
 DATALIST_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "configs" / "schemas" / "datalist.schema.json"
@@ -156,3 +156,16 @@ def _resolve_entry_path(value: str, root: Path, root_resolved: Path, allow_outsi
         # a lexical normpath of "link/../x" can name a different file than the filesystem does: use the real one
         return str(resolved)
     return os.path.abspath(joined)
+
+
+def num_classes(dataset_dir) -> int:
+    """Number of classes a dataset declares: its ``labels`` dict (segmentation) or ``classes`` list (classification)."""
+    path = Path(dataset_dir) / DATALIST_FILENAME
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DatalistError(f"{path}: cannot read datalist ({e})") from e
+    for key in ("labels", "classes"):
+        if meta.get(key):
+            return len(meta[key])
+    raise DatalistError(f"{path}: declares neither 'labels' nor 'classes'; add one so the class count is known")

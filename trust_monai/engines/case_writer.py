@@ -152,8 +152,10 @@ class CaseWriter(Workflow):
     def _finish(self, engine) -> None:
         if self._bar is not None:
             self._bar.close()
-        # the copy is itself a dataset_dir: same datalist, same relative paths
-        atomic_write_json(self.output_dir / "dataset.json", self.datalist)
+        # the copy is itself a dataset_dir: same datalist, same relative paths (left alone when already there)
+        target = self.output_dir / "dataset.json"
+        if not target.is_file() or json.loads(target.read_text()) != self.datalist:
+            atomic_write_json(target, self.datalist)
         self.manifest.save()
         errors = [c for c in self.manifest.cases if c["status"] == "error"]
         if errors:

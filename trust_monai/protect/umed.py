@@ -14,7 +14,9 @@ import torch
 from monai.engines import SupervisedTrainer
 from monai.utils import CommonKeys as Keys
 
-__all__ = ["UMedTrainer"]
+from ..transforms.roi import contour_band
+
+__all__ = ["UMedTrainer", "UMedProtector"]
 
 
 class UMedTrainer(SupervisedTrainer):
@@ -76,3 +78,95 @@ class UMedTrainer(SupervisedTrainer):
             "g_loss": g_loss.detach(),
         }
         return engine.state.output
+
+
+class UMedProtector:
+    """Protect one case with a trained :class:`~trust_monai.networks.UMedGenerator` (a ``CaseWriter`` processor).
+
+    The scan is windowed to [0, 1] (CT: fixed HU window; MR: percentiles), the generator's ``delta`` is mapped back to
+    the scan's own units (``delta * (high - low)``) and added, so the file keeps its dtype and geometry. For integer
+    scans the change is rounded and then clipped to ``floor(eps * (high - low))`` so rounding never breaks the budget.
+
+    Args:
+        generator: the network (its ``epsilon`` is the budget in normalised units).
+        checkpoint: state-dict file of the generator (loaded with ``weights_only=True``), or None if already loaded.
+        device: where the generator runs.
+        ct_window / percentiles: the intensity window (see :mod:`trust_monai.transforms.intensity`).
+        num_classes: labels must lie in ``[0, num_classes)`` when given.
+
+    Returns (per call): ``(protected_array, metrics)``, or ``(None, metrics)`` for an empty mask (nothing to protect).
+    """
+
+    def __init__(
+        self,
+        generator: torch.nn.Module,
+        checkpoint=None,
+        device="cpu",
+        ct_window=(-1000.0, 1000.0),
+        percentiles=(0.5, 99.5),
+        num_classes: int | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.generator = generator.to(self.device).eval()
+        # loaded on the first case, so unreadable inputs are reported before a missing checkpoint
+        self.checkpoint = checkpoint
+        self.ct_window, self.percentiles, self.num_classes = ct_window, percentiles, num_classes
+
+    def __call__(self, image, meta, entry: dict):
+        import numpy as np
+
+        from ..data.io import read_image
+        from ..errors import TrustMonaiError
+        from ..metrics.image import image_change_metrics
+        from ..transforms.intensity import ScanNormalize
+
+        if self.checkpoint is not None:
+            from ..utils.checkpoint import load_state_dict
+
+            load_state_dict(self.generator, self.checkpoint)
+            self.checkpoint = None
+        label_path = entry.get("label")
+        if not isinstance(label_path, str):
+            raise TrustMonaiError(f"{entry.get('image')}: UMed needs a label mask for every case (datalist 'label')")
+        label, lmeta = read_image(label_path)
+        if label.shape != image.shape:
+            raise TrustMonaiError(f"{label_path}: mask shape {label.shape} does not match image shape {image.shape}")
+        if not np.allclose(np.asarray(lmeta.affine), np.asarray(meta.affine), atol=1e-3):
+            raise TrustMonaiError(f"{label_path}: mask geometry (affine) does not match the image's")
+        image_np = np.asarray(image)
+        if not np.isfinite(image_np).all():
+            raise TrustMonaiError(f"{entry['image']}: image has NaN or Inf voxels")
+        lab = np.asarray(label)
+        if lab.min() < 0 or (self.num_classes is not None and lab.max() >= self.num_classes):
+            raise TrustMonaiError(
+                f"{label_path}: label values {int(lab.min())}..{int(lab.max())} outside 0..{self.num_classes - 1}"
+            )
+        if not (lab > 0).any():
+            return None, {"empty_mask": True}
+        spatial = self.generator.spatial_dims
+        if image_np.ndim != spatial:
+            raise TrustMonaiError(
+                f"{entry['image']}: {image_np.ndim}D image but the generator is {spatial}D (set --spatial_dims)"
+            )
+        x, (low, high) = ScanNormalize(self.ct_window, self.percentiles)(image_np, entry.get("modality", "MR"))
+        scale = high - low
+        with torch.inference_mode():
+            xt = x[None, None].to(self.device)
+            yt = torch.as_tensor(lab, dtype=torch.float32)[None, None].to(self.device)
+            delta = self.generator(xt, yt)[0, 0].double().cpu().numpy()
+            region = contour_band(yt, self.generator.band_width)[1][0, 0].cpu().numpy() > 0
+        change = delta * scale
+        eps_native = self.generator.epsilon * scale
+        if np.issubdtype(image_np.dtype, np.integer):
+            limit = np.floor(eps_native)
+            change = np.clip(np.rint(change), -limit, limit)
+            info = np.iinfo(image_np.dtype)
+            out = np.clip(image_np.astype(np.float64) + change, info.min, info.max).astype(image_np.dtype)
+        else:
+            out = (image_np.astype(np.float64) + change).astype(image_np.dtype)
+        metrics = image_change_metrics(image_np, out, low, high)
+        metrics.update(
+            {"changed_outside_region": int((out != image_np)[~region].sum()),
+             "epsilon_native": float(eps_native), "window": [float(low), float(high)], "roi_voxels": int((lab > 0).sum())}
+        )
+        return out, metrics

@@ -1,0 +1,275 @@
+"""Availability poisons (EM, LSP, AR) and the small ResNet: budgets, class structure, determinism, real behaviour.
+
+Behaviour checks run on scikit-learn's 8x8 digits (1797 images, shipped with the package): EM noise must lower the
+surrogate's training loss far below random noise of the same L-inf budget; LSP / AR noise must be separable by class
+(LSP by the nearest class mean, AR by its own class filter, which annihilates its process); and a victim trained on
+LSP-poisoned digits must score clearly lower on clean test digits than one trained on clean digits.
+"""
+
+from __future__ import annotations
+
+import math
+import unittest
+
+import torch
+from parameterized import parameterized
+
+from trust_monai.engines.natural import ErrorMinimizingTrainer, PoisonCheckpoint
+from trust_monai.networks import SmallResNet
+from trust_monai.protect import (
+    AutoregressivePoison,
+    ErrorMinimizingNoise,
+    LinearSeparablePoison,
+    ar_budget,
+    ar_residual,
+    load_poison,
+    lsp_budget,
+    make_poison,
+    save_poison,
+)
+
+SHAPES = [((1, 28, 28),), ((3, 32, 32),), ((1, 8, 8),), ((1, 6, 6, 6),)]  # grey, RGB, digits, a 3D volume
+EM_MODES = [("samplewise",), ("classwise",)]
+POISON_NAMES = [("em_samplewise",), ("em_classwise",), ("lsp",), ("ar",)]
+
+
+def _digits(n_train: int = 1200, seed: int = 0):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    tr, te = perm[:n_train], perm[n_train:]
+    return x[tr], y[tr], x[te], y[te]
+
+
+def _batch(shape, n=20, k=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((n, *shape), generator=g)
+    y = torch.arange(n) % k
+    return x, y, torch.arange(n)
+
+
+class TestBudgets(unittest.TestCase):
+    @parameterized.expand(SHAPES)
+    def test_lsp_l2_budget_classwise_and_range(self, shape):
+        lsp = LinearSeparablePoison(5, shape, seed=0)
+        self.assertAlmostEqual(lsp.eps, math.sqrt(math.prod(shape)) * 6 / 255, places=6)
+        norms = lsp.delta.flatten(1).norm(dim=1)
+        torch.testing.assert_close(norms, torch.full_like(norms, lsp_budget(shape)), rtol=1e-5, atol=1e-6)
+        x, y, idx = _batch(shape)
+        noise = lsp.noise(idx, y)
+        for c in range(5):  # identical within a class, different between classes
+            rows = noise[y == c]
+            self.assertTrue(torch.equal(rows, rows[:1].expand_as(rows)))
+        self.assertFalse(torch.allclose(noise[0], noise[1]))
+        xp = lsp.apply(x, idx, y)
+        self.assertTrue(bool(((xp >= 0) & (xp <= 1)).all()))
+        self.assertTrue(bool(((xp - x).flatten(1).norm(dim=1) <= lsp.eps + 1e-5).all()))
+
+    @parameterized.expand(SHAPES[:3])
+    def test_ar_l2_budget_and_range(self, shape):
+        ar = AutoregressivePoison(4, shape, seed=0)
+        self.assertAlmostEqual(ar.eps, ar_budget(shape), places=6)
+        x, y, idx = _batch(shape, n=12, k=4)
+        noise = ar.noise(idx, y)
+        norms = noise.flatten(1).norm(dim=1)
+        torch.testing.assert_close(norms, torch.full_like(norms, ar.eps), rtol=1e-4, atol=1e-5)
+        self.assertFalse(torch.allclose(noise[0], noise[4]))  # sample-wise realisations of one class differ
+        xp = ar.apply(x, idx, y)
+        self.assertTrue(bool(((xp >= 0) & (xp <= 1)).all()))
+        self.assertTrue(bool(((xp - x).flatten(1).norm(dim=1) <= ar.eps + 1e-5).all()))
+
+    @parameterized.expand(EM_MODES)
+    def test_em_linf_budget_after_pgd(self, mode):
+        shape = (1, 8, 8)
+        x, y, idx = _batch(shape, n=20, k=5)
+        em = ErrorMinimizingNoise(20 if mode == "samplewise" else 5, shape, mode=mode, steps=5, seed=0)
+        net = SmallResNet(2, 1, 5, widths=(8, 16), blocks=(1, 1)).eval()
+        xp = em.perturb(net, x, y, idx)
+        self.assertLessEqual(float(em.delta.abs().max()), em.eps + 1e-7)
+        self.assertLessEqual(float((xp - x).abs().max()), em.eps + 1e-6)
+        self.assertTrue(bool(((xp >= 0) & (xp <= 1)).all()))
+        torch.testing.assert_close(xp, em.apply(x, idx, y))
+        if mode == "classwise":
+            noise = em.noise(idx, y)
+            for c in range(5):
+                rows = noise[y == c]
+                self.assertTrue(torch.equal(rows, rows[:1].expand_as(rows)))
+
+
+class TestDeterminism(unittest.TestCase):
+    @parameterized.expand(POISON_NAMES)
+    def test_same_seed_same_noise(self, name):
+        shape = (1, 12, 12)
+        x, y, idx = _batch(shape, n=10, k=5)
+        a = make_poison(name, 5, shape, num_samples=10, seed=3)
+        b = make_poison(name, 5, shape, num_samples=10, seed=3)
+        c = make_poison(name, 5, shape, num_samples=10, seed=4)
+        torch.testing.assert_close(a.noise(idx, y), b.noise(idx, y), rtol=0, atol=0)
+        self.assertFalse(torch.allclose(a.noise(idx, y), c.noise(idx, y)))
+
+    @parameterized.expand(POISON_NAMES)
+    def test_save_load_roundtrip_weights_only(self, name):
+        import tempfile
+        from pathlib import Path
+
+        shape = (1, 12, 12)
+        x, y, idx = _batch(shape, n=10, k=5)
+        a = make_poison(name, 5, shape, num_samples=10, seed=1)
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "noise.pt"
+            save_poison(a, path)
+            blob = torch.load(path, weights_only=True)  # plain dict of tensors and numbers, no pickled objects
+            self.assertEqual(blob["poison"], name)
+            b = load_poison(path)
+        torch.testing.assert_close(a.noise(idx, y), b.noise(idx, y))
+
+
+class TestSeparability(unittest.TestCase):
+    def test_lsp_noise_nearest_class_mean(self):
+        x, y, _, _ = _digits(600)
+        lsp = LinearSeparablePoison(10, (1, 8, 8), seed=0)
+        change = (lsp.apply(x, None, y) - x).flatten(1)  # the noise as it lands on the images (after clipping)
+        half = len(x) // 2
+        means = torch.stack([change[:half][y[:half] == c].mean(0) for c in range(10)])
+        pred = torch.cdist(change[half:], means).argmin(1)
+        self.assertGreaterEqual(float((pred == y[half:]).float().mean()), 0.95)
+
+    def test_lsp_noise_logistic_regression(self):
+        from sklearn.linear_model import LogisticRegression
+
+        shape = (1, 28, 28)
+        lsp = LinearSeparablePoison(10, shape, seed=0)
+        y = torch.arange(200) % 10
+        noise = lsp.noise(None, y) + 0.002 * torch.randn((200, *shape), generator=torch.Generator().manual_seed(0))
+        clf = LogisticRegression(max_iter=500).fit(noise[:100].flatten(1).numpy(), y[:100].numpy())
+        self.assertEqual(clf.score(noise[100:].flatten(1).numpy(), y[100:].numpy()), 1.0)
+
+    def test_ar_noise_separable_by_class_filters(self):
+        shape = (1, 28, 28)
+        ar = AutoregressivePoison(10, shape, seed=0)
+        y = torch.arange(200) % 10
+        noise = ar.noise(torch.arange(200), y)
+        pred = ar_residual(noise.double(), ar.coefficients).argmin(1)
+        self.assertEqual(float((pred == y).float().mean()), 1.0)
+
+
+def _train(net, x, y, epochs, lr=0.05, seed=0):
+    torch.manual_seed(seed)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    for _ in range(epochs):
+        net.train()
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), 64):
+            b = perm[i : i + 64]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[b]), y[b]).backward()
+            opt.step()
+    return net.eval()
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "label": self.y[i], "index": i}
+
+
+class TestBehaviour(unittest.TestCase):
+    @parameterized.expand(EM_MODES)
+    def test_em_lowers_surrogate_loss_vs_random_noise(self, mode):
+        """The min-min engine finds noise that makes the surrogate's loss much smaller than random noise does."""
+        torch.manual_seed(0)
+        x, y, _, _ = _digits(200)
+        ds = _Items(x, y)
+        net = SmallResNet(2, 1, 10, widths=(8, 16), blocks=(1, 1))
+        noise = make_poison("em_" + mode, 10, (1, 8, 8), num_samples=len(x), seed=0, steps=10)
+        loader = torch.utils.data.DataLoader(ds, batch_size=100, shuffle=False)
+        shuffled = torch.utils.data.DataLoader(
+            ds, batch_size=100, shuffle=True, generator=torch.Generator().manual_seed(0)
+        )
+        trainer = ErrorMinimizingTrainer(
+            device="cpu", max_epochs=5, train_data_loader=loader, surrogate_loader=shuffled, network=net,
+            optimizer=torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), noise=noise, train_steps=5,
+        )
+        trainer.run()
+        self.assertIn("perturbed_acc", trainer.state.metrics)
+        net.eval()
+        rand = (torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1) * noise.eps
+        with torch.no_grad():
+            loss_em = float(torch.nn.functional.cross_entropy(net(noise.apply(x, torch.arange(len(x)), y)), y))
+            loss_rand = float(torch.nn.functional.cross_entropy(net((x + rand).clamp(0, 1)), y))
+        self.assertLess(loss_em, 0.5 * loss_rand, f"EM loss {loss_em:.3f} vs random-noise loss {loss_rand:.3f}")
+
+    def test_em_trainer_stops_at_accuracy_target_and_saves(self):
+        import tempfile
+        from pathlib import Path
+
+        x, y, _, _ = _digits(100)
+        ds = _Items(x, y)
+        net = SmallResNet(2, 1, 10, widths=(8,), blocks=(1,))
+        noise = make_poison("em_classwise", 10, (1, 8, 8), seed=0, steps=2)
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = PoisonCheckpoint(noise, str(Path(d) / "noise.pt"), net, str(Path(d) / "surrogate.pt"))
+            trainer = ErrorMinimizingTrainer(
+                device="cpu", max_epochs=5, train_data_loader=torch.utils.data.DataLoader(ds, batch_size=50),
+                network=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), noise=noise, train_steps=1,
+                stop_accuracy=0.0, train_handlers=[ckpt],
+            )
+            trainer.run()
+            self.assertEqual(trainer.state.epoch, 1)  # any accuracy reaches 0.0: stop after the first round
+            torch.testing.assert_close(load_poison(Path(d) / "noise.pt").delta, noise.delta)
+            state = torch.load(Path(d) / "surrogate.pt", weights_only=True)
+            self.assertEqual(set(state), set(net.state_dict()))
+
+    def test_synthetic_poison_trainer_does_not_train(self):
+        x, y, _, _ = _digits(100)
+        net = SmallResNet(2, 1, 10, widths=(8,), blocks=(1,))
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        trainer = ErrorMinimizingTrainer(
+            device="cpu", max_epochs=3, train_data_loader=torch.utils.data.DataLoader(_Items(x, y), batch_size=50),
+            network=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+            noise=make_poison("lsp", 10, (1, 8, 8), seed=0),
+        )
+        trainer.run()
+        self.assertEqual(trainer.state.iteration, 0)
+        for k, v in net.state_dict().items():
+            torch.testing.assert_close(v, before[k])
+
+    def test_lsp_poisoned_victim_is_worse_on_clean_test(self):
+        """Shortcut at a test-sized budget: 8x8 digits are so easy that the paper's budget (sqrt(d) * 6/255, L2 0.19
+        on 64 values) leaves a victim almost unharmed, so the check uses 12x that budget (L2 2.26); the Fashion-MNIST
+        numbers at the paper's budget are in bundles/ue_natural/docs/README.md."""
+        x, y, xt, yt = _digits(1200)
+        lsp = LinearSeparablePoison(10, (1, 8, 8), patch_size=4, eps=12 * lsp_budget((1, 8, 8)), seed=0)
+        xp = lsp.apply(x, None, y)
+
+        def victim():
+            torch.manual_seed(0)
+            return torch.nn.Sequential(
+                torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
+            )
+
+        net_clean, net_poison = _train(victim(), x, y, 5), _train(victim(), xp, y, 5)
+        with torch.no_grad():
+            acc_clean = float((net_clean(xt).argmax(1) == yt).float().mean())
+            acc_poison = float((net_poison(xt).argmax(1) == yt).float().mean())
+        self.assertGreater(acc_clean, 0.85)
+        self.assertLess(acc_poison, acc_clean - 0.2, f"clean {acc_clean:.3f} vs LSP-poisoned {acc_poison:.3f}")
+
+
+class TestSmallResNet(unittest.TestCase):
+    @parameterized.expand([(2, 1, (2, 1, 28, 28)), (2, 3, (2, 3, 32, 32)), (3, 1, (2, 1, 8, 8, 8))])
+    def test_shapes(self, spatial_dims, in_channels, shape):
+        net = SmallResNet(spatial_dims, in_channels, 7, widths=(4, 8), blocks=(1, 1))
+        self.assertEqual(tuple(net(torch.rand(shape)).shape), (2, 7))
+
+
+if __name__ == "__main__":
+    unittest.main()

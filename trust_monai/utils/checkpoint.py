@@ -1,0 +1,51 @@
+"""Load weights safely: plain state dicts only (``torch.load(weights_only=True)``), never arbitrary pickles."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import InputFileError
+
+__all__ = ["load_state_dict", "save_state_dict"]
+
+
+def load_state_dict(module, path: str | os.PathLike, strict: bool = True, key: str | None = None):
+    """Load ``path`` into ``module`` with ``weights_only=True``; a pickle carrying code is refused with a clear error.
+
+    Args:
+        module: the ``nn.Module`` to fill.
+        path: a ``.pt`` state dict (optionally a dict holding it under ``key``).
+        strict: as in ``load_state_dict``.
+        key: sub-dict to load (e.g. ``"generator"`` in a checkpoint with several networks).
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "checkpoint not found; train the bundle first (train.json) or set --ckpt_dir")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise InputFileError(path, f"refused: not a plain state dict (weights_only load failed: {str(e)[:120]})") from e
+    except Exception as e:  # truncated zip, wrong format
+        raise InputFileError(path, f"cannot read checkpoint: {type(e).__name__}: {str(e)[:120]}") from e
+    if key is not None:
+        if key not in state:
+            raise InputFileError(path, f"checkpoint has no '{key}' entry (entries: {', '.join(map(str, state))})")
+        state = state[key]
+    module.load_state_dict(state, strict=strict)
+    return module
+
+
+def save_state_dict(state: dict, path: str | os.PathLike):
+    """Save a state dict atomically (temp file + rename)."""
+    import torch
+
+    from .fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
