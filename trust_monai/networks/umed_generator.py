@@ -36,13 +36,16 @@ class UMedGenerator(nn.Module):
     Args:
         spatial_dims: 2 or 3.
         in_channels: image channels (intensities normalised to [0, 1]).
+        num_classes: label classes including background; both generators see the one-hot label map, so the
+            perturbation can differ per class (the shortcut must tell classes apart, not only ROI from background).
         epsilon: L-inf budget in normalised intensity units (4/255 by default).
         band_width: contour band half-width in voxels.
         texture_floor: smallest texture weight inside the ROI.
         channels / strides: the two small U-Nets' widths and down-sampling.
 
     Shapes:
-        ``forward(image, label)``: image (B, C, *spatial) in [0, 1], label (B, 1, *spatial) class map -> delta like image.
+        ``forward(image, label)``: image (B, C, *spatial) in [0, 1], label (B, 1, *spatial) integer class map
+        -> delta like image.
         ``forward(x)`` with ``x = cat([image, label], 1)`` is the single-tensor form used by MONAI bundle tools.
     """
 
@@ -50,6 +53,7 @@ class UMedGenerator(nn.Module):
         self,
         spatial_dims: int = 2,
         in_channels: int = 1,
+        num_classes: int = 2,
         epsilon: float = 4 / 255,
         band_width: int = 2,
         texture_floor: float = 0.25,
@@ -57,11 +61,12 @@ class UMedGenerator(nn.Module):
         strides=(2, 2),
     ) -> None:
         super().__init__()
-        self.spatial_dims, self.in_channels = spatial_dims, in_channels
+        self.spatial_dims, self.in_channels, self.num_classes = spatial_dims, in_channels, int(num_classes)
         self.epsilon, self.band_width, self.texture_floor = float(epsilon), int(band_width), float(texture_floor)
         self.multiple = 2 ** len(strides)
-        self.contour_gen = _small_unet(spatial_dims, in_channels + 1, in_channels, channels, strides)
-        self.texture_gen = _small_unet(spatial_dims, in_channels + 1, in_channels, channels, strides)
+        cond = in_channels + 1 + self.num_classes
+        self.contour_gen = _small_unet(spatial_dims, cond, in_channels, channels, strides)
+        self.texture_gen = _small_unet(spatial_dims, cond, in_channels, channels, strides)
 
     def budget(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(band, texture_weight_inside_roi)``, each (B, 1, *spatial)."""
@@ -82,8 +87,10 @@ class UMedGenerator(nn.Module):
         if label is None:
             image, label = image[:, : self.in_channels], image[:, self.in_channels :]
         band, tex = self.budget(image, label)
-        d_contour = torch.tanh(self._run(self.contour_gen, torch.cat([image, band], 1))) * band
-        d_texture = torch.tanh(self._run(self.texture_gen, torch.cat([image, tex], 1))) * tex
+        classes = torch.arange(self.num_classes, device=label.device).reshape((1, -1) + (1,) * (label.ndim - 2))
+        onehot = (label.round() == classes).to(image.dtype)
+        d_contour = torch.tanh(self._run(self.contour_gen, torch.cat([image, band, onehot], 1))) * band
+        d_texture = torch.tanh(self._run(self.texture_gen, torch.cat([image, tex, onehot], 1))) * tex
         delta = self.epsilon * (d_contour + d_texture)
         # keep x + delta a valid image; clipping only shrinks |delta|, so the budget still holds
         return (image + delta).clamp(0.0, 1.0) - image
