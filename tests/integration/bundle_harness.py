@@ -27,6 +27,9 @@ def smoke_overrides(name: str, config: str) -> dict:
 
 
 def _arg(v) -> str:
+    # MONAI's CLI (fire) reads values as Python literals: booleans must be True / False, not JSON's true / false
+    if isinstance(v, bool):
+        return str(v)
     return v if isinstance(v, str) else json.dumps(v)
 
 

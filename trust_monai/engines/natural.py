@@ -601,6 +601,17 @@ def _augment(x: torch.Tensor, pad: int, generator: torch.Generator | None = None
     return out
 
 
+def _as_bool(v) -> bool:
+    """Booleans from the command line arrive as ``"false"`` / ``"true"`` strings (fire keeps JSON literals as text)."""
+    if isinstance(v, str):
+        if v.strip().lower() in ("false", "0", "no", "off", "none", ""):
+            return False
+        if v.strip().lower() in ("true", "1", "yes", "on"):
+            return True
+        raise ValueError(f"not a boolean: {v!r}")
+    return bool(v)
+
+
 class VictimEvaluation:
     """Train fresh victims on clean and on poisoned training data; report accuracy on the clean test split.
 
@@ -654,7 +665,8 @@ class VictimEvaluation:
             self.poisoned = {}
         self.output_dir = Path(output_dir) / "eval"
         self.network_factory, self.epochs, self.batch_size, self.lr = network_factory, int(epochs), batch_size, lr
-        self.max_train, self.max_test, self.augment, self.train_clean = max_train, max_test, augment, train_clean
+        self.max_train, self.max_test = max_train, max_test
+        self.augment, self.train_clean = _as_bool(augment), _as_bool(train_clean)
         self.writer, self.device, self.in_channels = writer, torch.device(device), in_channels
         self.num_workers, self.progress, self.seed = num_workers, progress, int(seed)
         self.curves: dict[str, list[dict]] = {}
