@@ -196,3 +196,16 @@ def test_check_readable_fails_fast(seg_dataset, kind):
         check_readable(entries)
     assert str(bad) in str(exc.value)
     assert isinstance(exc.value, TrustMonaiError)
+
+
+@pytest.mark.parametrize(
+    "bad_entry",
+    [{"label": "x.nii.gz"}, {"image": ""}, {"image": "a.png", "label": None}, {"image": "a.png", "label": True}, ""],
+)
+def test_schema_error_found_deep_in_a_long_datalist(tmp_path, bad_entry):
+    """The fast path (hand check + sampled schema) still catches a bad entry far from the start."""
+    (tmp_path / "a.png").write_bytes(b"x")
+    entries = [{"image": "a.png", "label": 1}] * 500 + [bad_entry]
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": entries}))
+    with pytest.raises(DatalistError, match=r"\[500\]"):
+        load_datalist(tmp_path, "training", check_files=False)

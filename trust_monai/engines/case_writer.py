@@ -14,7 +14,6 @@ from typing import Any, Callable, Sequence
 
 import torch
 from monai.engines import Workflow
-from monai.engines.utils import IterationEvents  # noqa: F401  (re-exported for handlers)
 from ignite.engine import Events
 
 from ..data.datalist import check_readable, load_datalist

@@ -60,8 +60,8 @@ _DATALISTS: dict[tuple, tuple] = {}
 def read_datalist(dataset_dir: str | os.PathLike, section: str) -> tuple[list[dict], dict]:
     """Entries of ``section`` of ``dataset_dir/dataset.json`` with ``image`` made absolute, and the whole datalist.
 
-    Uses :func:`trust_monai.data.load_datalist` (schema check, paths kept inside the folder, files exist) when the
-    data package provides it. Results are cached per file version: a 70k-entry datalist takes seconds to check.
+    Uses :func:`trust_monai.data.load_datalist` (schema check, paths kept inside the folder, files exist); results
+    are cached per file version, since a 70k-entry datalist takes seconds to check.
     """
     dataset_dir = Path(dataset_dir).resolve()
     path = dataset_dir / "dataset.json"
@@ -79,30 +79,10 @@ def read_datalist(dataset_dir: str | os.PathLike, section: str) -> tuple[list[di
 
 
 def _read_datalist(dataset_dir: Path, path: Path, section: str) -> tuple[list[dict], dict]:
-    try:
-        datalist = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputFileError(path, "datalist not found; pass --dataset_dir pointing at a folder with dataset.json") from None
-    except (OSError, ValueError) as e:
-        raise InputFileError(path, f"unreadable datalist ({e})") from None
-    try:
-        from ..data import load_datalist
+    from ..data.datalist import load_datalist
 
-        entries = [dict(e) for e in load_datalist(dataset_dir, section, keys=("image",))]
-    except (ImportError, ModuleNotFoundError, AttributeError):
-        raw = datalist.get(section)
-        if not isinstance(raw, list):
-            raise DatalistError(f"{path}: no '{section}' list") from None
-        entries = []
-        root = dataset_dir.resolve()
-        for i, e in enumerate(raw):
-            if not isinstance(e, dict) or "image" not in e or "label" not in e:
-                raise DatalistError(f"{path}: {section}[{i}] needs 'image' and 'label'")
-            img = (root / e["image"]).resolve()
-            if root not in img.parents:
-                raise DatalistError(f"{path}: {section}[{i}] points outside the dataset folder: {e['image']}")
-            entries.append({**e, "image": str(img)})
-    return entries, datalist
+    entries = [dict(e) for e in load_datalist(dataset_dir, section, keys=("image",))]
+    return entries, json.loads(path.read_text())
 
 
 _CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()

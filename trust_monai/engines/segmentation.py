@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
