@@ -75,13 +75,19 @@ def test_train_infer_evaluate(name, tmp_path):
     assert list(eval_out.rglob("*.csv")) and list(eval_out.rglob("*.png")), "evaluate writes a table and a picture"
 
 
+@pytest.mark.parametrize("fault", ["corrupt", "missing"])
 @pytest.mark.parametrize("name", BUNDLES)
-def test_corrupt_input_is_one_line_error(name, tmp_path):
-    """A corrupt file in the datalist: non-zero exit, one line naming the file, no output written."""
+def test_bad_input_file_is_one_line_error(name, fault, tmp_path):
+    """A corrupt or missing file in the datalist: non-zero exit, one line naming the file, no output written."""
     dataset_dir = Path(str(resolve_id(name, "inference", "dataset_dir")))
     data = tiny_copy(dataset_dir, tmp_path / "data")
     datalist = json.loads((data / "dataset.json").read_text())
-    broken = [corrupt(data / s[0]["image"]) for s in (datalist.get("training"), datalist.get("test")) if s]
+    firsts = [data / s[0]["image"] for s in (datalist.get("training"), datalist.get("test")) if s]
+    if fault == "corrupt":
+        broken = [corrupt(p) for p in firsts]
+    else:
+        broken = firsts[:1]
+        broken[0].unlink()
     out = tmp_path / "out"
     proc = run_bundle(name, "inference", dataset_dir=str(data), output_dir=str(out), ckpt_dir=str(tmp_path / "m"))
     assert proc.returncode != 0
