@@ -42,6 +42,10 @@ class UMedGenerator(nn.Module):
         band_width: contour band half-width in voxels.
         texture_floor: smallest texture weight inside the ROI.
         channels / strides: the two small U-Nets' widths and down-sampling.
+        pattern_size: period of the learnable class-wise pattern (0 disables it). Each class owns a small periodic
+            pattern added to both generators' pre-activation: a shortcut a victim picks up at once, which the
+            min-min training then shapes per image. Without it the generators only find shortcuts the surrogate
+            needs no more than the anatomy itself, and victims learn anatomy as usual.
 
     Shapes:
         ``forward(image, label)``: image (B, C, *spatial) in [0, 1], label (B, 1, *spatial) integer class map
@@ -59,6 +63,7 @@ class UMedGenerator(nn.Module):
         texture_floor: float = 0.25,
         channels=(16, 32, 64),
         strides=(2, 2),
+        pattern_size: int = 4,
     ) -> None:
         super().__init__()
         self.spatial_dims, self.in_channels, self.num_classes = spatial_dims, in_channels, int(num_classes)
@@ -67,6 +72,12 @@ class UMedGenerator(nn.Module):
         cond = in_channels + 1 + self.num_classes
         self.contour_gen = _small_unet(spatial_dims, cond, in_channels, channels, strides)
         self.texture_gen = _small_unet(spatial_dims, cond, in_channels, channels, strides)
+        self.pattern_size = int(pattern_size)
+        if self.pattern_size > 0:
+            # fixed seed: the initial patterns are part of the method, not of the run's randomness
+            g = torch.Generator().manual_seed(1234)
+            init = torch.randn((self.num_classes, in_channels) + (self.pattern_size,) * spatial_dims, generator=g)
+            self.class_patterns = nn.Parameter(2.0 * init)
 
     def budget(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(band, texture_weight_inside_roi)``, each (B, 1, *spatial)."""
@@ -83,14 +94,24 @@ class UMedGenerator(nn.Module):
         y = net(F.pad(x, pad, mode="replicate") if any(pad) else x)
         return y[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
 
+    def class_pattern(self, onehot: torch.Tensor) -> torch.Tensor:
+        """Per-voxel pattern of the voxel's class: the class patterns tiled over space, (B, C, *spatial)."""
+        size = onehot.shape[2:]
+        p = self.pattern_size
+        reps = (1, 1) + tuple(-(-s // p) for s in size)
+        tiled = self.class_patterns.repeat(reps)[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
+        # (B, K, *S) x (K, C, *S) -> (B, C, *S)
+        return torch.einsum("bk...,kc...->bc...", onehot, tiled)
+
     def forward(self, image: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         if label is None:
             image, label = image[:, : self.in_channels], image[:, self.in_channels :]
         band, tex = self.budget(image, label)
         classes = torch.arange(self.num_classes, device=label.device).reshape((1, -1) + (1,) * (label.ndim - 2))
         onehot = (label.round() == classes).to(image.dtype)
-        d_contour = torch.tanh(self._run(self.contour_gen, torch.cat([image, band, onehot], 1))) * band
-        d_texture = torch.tanh(self._run(self.texture_gen, torch.cat([image, tex, onehot], 1))) * tex
+        bias = self.class_pattern(onehot) if self.pattern_size > 0 else 0.0
+        d_contour = torch.tanh(self._run(self.contour_gen, torch.cat([image, band, onehot], 1)) + bias) * band
+        d_texture = torch.tanh(self._run(self.texture_gen, torch.cat([image, tex, onehot], 1)) + bias) * tex
         delta = self.epsilon * (d_contour + d_texture)
         # keep x + delta a valid image; clipping only shrinks |delta|, so the budget still holds
         return (image + delta).clamp(0.0, 1.0) - image
