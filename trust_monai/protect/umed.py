@@ -113,9 +113,26 @@ class UMedProtector:
         self.ct_window, self.percentiles, self.num_classes = ct_window, percentiles, num_classes
 
     def __call__(self, image, meta, entry: dict):
+        """CaseWriter processor: read and check the case's mask, then :meth:`protect`."""
         import numpy as np
 
         from ..data.io import read_image
+        from ..errors import TrustMonaiError
+
+        label_path = entry.get("label")
+        if not isinstance(label_path, str):
+            raise TrustMonaiError(f"{entry.get('image')}: UMed needs a label mask for every case (datalist 'label')")
+        label, lmeta = read_image(label_path)
+        if label.shape != image.shape:
+            raise TrustMonaiError(f"{label_path}: mask shape {label.shape} does not match image shape {image.shape}")
+        if not np.allclose(np.asarray(lmeta.affine), np.asarray(meta.affine), atol=1e-3):
+            raise TrustMonaiError(f"{label_path}: mask geometry (affine) does not match the image's")
+        return self.protect(image, label, entry.get("modality", "MR"), name=entry["image"], label_name=label_path)
+
+    def protect(self, image, label, modality: str = "MR", name: str = "image", label_name: str = "label"):
+        """Protect in-memory arrays (same shape, voxel order): ``(protected, metrics)`` or ``(None, metrics)``."""
+        import numpy as np
+
         from ..errors import TrustMonaiError
         from ..metrics.image import image_change_metrics
         from ..transforms.intensity import ScanNormalize
@@ -125,30 +142,22 @@ class UMedProtector:
 
             load_state_dict(self.generator, self.checkpoint)
             self.checkpoint = None
-        label_path = entry.get("label")
-        if not isinstance(label_path, str):
-            raise TrustMonaiError(f"{entry.get('image')}: UMed needs a label mask for every case (datalist 'label')")
-        label, lmeta = read_image(label_path)
-        if label.shape != image.shape:
-            raise TrustMonaiError(f"{label_path}: mask shape {label.shape} does not match image shape {image.shape}")
-        if not np.allclose(np.asarray(lmeta.affine), np.asarray(meta.affine), atol=1e-3):
-            raise TrustMonaiError(f"{label_path}: mask geometry (affine) does not match the image's")
         image_np = np.asarray(image)
         if not np.isfinite(image_np).all():
-            raise TrustMonaiError(f"{entry['image']}: image has NaN or Inf voxels")
+            raise TrustMonaiError(f"{name}: image has NaN or Inf voxels")
         lab = np.asarray(label)
         if lab.min() < 0 or (self.num_classes is not None and lab.max() >= self.num_classes):
             raise TrustMonaiError(
-                f"{label_path}: label values {int(lab.min())}..{int(lab.max())} outside 0..{self.num_classes - 1}"
+                f"{label_name}: label values {int(lab.min())}..{int(lab.max())} outside 0..{self.num_classes - 1}"
             )
         if not (lab > 0).any():
             return None, {"empty_mask": True}
         spatial = self.generator.spatial_dims
         if image_np.ndim != spatial:
             raise TrustMonaiError(
-                f"{entry['image']}: {image_np.ndim}D image but the generator is {spatial}D (set --spatial_dims)"
+                f"{name}: {image_np.ndim}D image but the generator is {spatial}D (set --spatial_dims)"
             )
-        x, (low, high) = ScanNormalize(self.ct_window, self.percentiles)(image_np, entry.get("modality", "MR"))
+        x, (low, high) = ScanNormalize(self.ct_window, self.percentiles)(image_np, modality)
         scale = high - low
         with torch.inference_mode():
             xt = x[None, None].to(self.device)
