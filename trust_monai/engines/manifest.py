@@ -28,10 +28,19 @@ class Manifest:
         input_dir: the dataset folder; writing into it is refused so inputs are never modified.
         seed: seed of the run, recorded for reproducibility.
         overwrite: replace a manifest written by another bundle / config instead of refusing.
+        save_every: rewrite the file every N records (1 = every case). Large datasets (70k PNGs) use more, since each
+            rewrite is the whole file; a kill then only loses unsaved records, whose cases are redone on rerun.
     """
 
     def __init__(
-        self, output_dir, bundle: str, config: str, input_dir=None, seed: int | None = None, overwrite: bool = False
+        self,
+        output_dir,
+        bundle: str,
+        config: str,
+        input_dir=None,
+        seed: int | None = None,
+        overwrite: bool = False,
+        save_every: int = 1,
     ):
         self.output_dir = Path(output_dir).resolve()
         if input_dir is not None:
@@ -59,6 +68,7 @@ class Manifest:
                     "choose another --output_dir or pass --overwrite true"
                 )
         self._index = {c["input"]: i for i, c in enumerate(self.data["cases"])}
+        self.save_every, self._pending = max(1, int(save_every)), 0
 
     def relpath(self, path) -> str:
         """Path relative to ``output_dir`` when inside it, else absolute (what the manifest stores for outputs)."""
@@ -99,10 +109,14 @@ class Manifest:
         else:
             self._index[key] = len(self.data["cases"])
             self.data["cases"].append(rec)
-        self.save()
+        self._pending += 1
+        if self._pending >= self.save_every:
+            self.save()
         return rec
 
     def save(self) -> Path:
+        """Rewrite ``manifest.json`` atomically with every record so far."""
+        self._pending = 0
         self.output_dir.mkdir(parents=True, exist_ok=True)
         return atomic_write_json(self.path, self.data)
 

@@ -389,25 +389,6 @@ class PoisonCheckpoint:
 # ----------------------------------------------------------------------------------------------------- writer
 
 
-class _BatchedManifest(Manifest):
-    """:class:`Manifest` that saves every ``save_every`` records instead of after each one (a 70k-case dataset would
-    otherwise rewrite a growing JSON 70k times). Records not yet saved are redone on a rerun, which is safe because
-    outputs are written atomically and deterministically."""
-
-    save_every = 2048
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._pending = 0
-
-    def save(self, force: bool = False):
-        self._pending += 1
-        if force or self._pending >= self.save_every:
-            self._pending = 0
-            return super().save()
-        return self.path
-
-
 class PoisonWriter(Evaluator):
     """Write the poisoned copy of a dataset: a MONAI ``Evaluator`` whose iteration writes images, not predictions.
 
@@ -449,7 +430,7 @@ class PoisonWriter(Evaluator):
             raise BundleError("PoisonWriter needs noise_file or poison")
         self.dataset_dir, self.output_dir = Path(dataset_dir).resolve(), Path(output_dir).resolve()
         self.noise_file, self.poison, self.seed, self.bundle = noise_file, poison, seed, bundle
-        self.manifest: _BatchedManifest | None = None
+        self.manifest: Manifest | None = None
         from ignite.engine import Events
 
         self.add_event_handler(Events.STARTED, self._start)
@@ -457,7 +438,9 @@ class PoisonWriter(Evaluator):
 
     def _start(self, engine) -> None:
         # everything that can fail on bad input happens before the first write
-        self.manifest = _BatchedManifest(self.output_dir, self.bundle, "inference", self.dataset_dir, self.seed)
+        self.manifest = Manifest(
+            self.output_dir, self.bundle, "inference", self.dataset_dir, self.seed, save_every=2048
+        )
         if self.poison is None:
             from ..protect import load_poison
 
@@ -534,7 +517,7 @@ class PoisonWriter(Evaluator):
         target = self.output_dir / "dataset.json"
         if not target.is_file() or target.read_text() != text:
             atomic_write_text(target, text)
-        self.manifest.save(force=True)
+        self.manifest.save()
         if self._stats:
             mean = {k: float(np.mean([s[k] for s in self._stats if s[k] is not None] or [float("nan")]))
                     for k in ("linf", "l2", "psnr")}
