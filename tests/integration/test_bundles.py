@@ -94,3 +94,22 @@ def test_bad_input_file_is_one_line_error(name, fault, tmp_path):
     line = last_line(proc.stderr)
     assert line.startswith("error:") and any(b.name in line for b in broken), proc.stderr[-3000:]
     assert files_under(out) == []
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_verify_net_in_out(name):
+    """MONAI's own check: the inference network accepts and returns the shapes metadata.json declares."""
+    import subprocess
+    import sys
+
+    from tests.integration.bundle_harness import ROOT, _arg
+
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
+        "--meta_file", f"bundles/{name}/configs/metadata.json",
+        "--config_file", f"bundles/{name}/configs/inference.json", "--n", "3",
+    ]
+    for k, v in smoke_overrides(name, "inference").items():
+        cmd += [f"--{k}", _arg(v)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "verified with no error" in proc.stdout + proc.stderr, proc.stderr[-3000:]
