@@ -99,3 +99,21 @@ def test_bad_cases_fail_alone_and_empty_mask_is_copied(tmp_path, generator):
     for i in (0, 1, 2, 4):  # nothing half-written for failed cases
         assert not (out / tr[i]["image"]).exists()
     assert img0.exists()
+
+
+@pytest.mark.parametrize("scale", [1e-16, 1.0, 3000.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint8])
+def test_budget_holds_after_storage_rounding(generator, scale, dtype):
+    """The stored file, not just the float computation, stays within epsilon of the window (even a degenerate one)."""
+    rng = np.random.default_rng(0)
+    img = (rng.random((40, 36)) * scale)
+    if np.issubdtype(dtype, np.integer):
+        img = np.clip(np.rint(img * 50), 0, np.iinfo(dtype).max)
+    img = img.astype(dtype)
+    lab = np.zeros((40, 36), np.uint8)
+    lab[10:25, 8:20] = 1
+    prot = UMedProtector(generator, num_classes=2)
+    out, metrics = prot.protect(img, lab)
+    low, high = metrics["window"]
+    assert out.dtype == img.dtype
+    assert np.abs(out.astype(np.float64) - img).max() <= EPS * (high - low) * (1 + 1e-12)
