@@ -333,7 +333,8 @@ class ErrorMinimizingTrainer(SupervisedTrainer):
         with torch.no_grad():
             pred = self.inferer(xp, self.network)
             loss = self.loss_function(pred, y).mean()
-        engine.state.em_correct += int((pred.argmax(1) == y).sum())
+        # classification: pred (B, K), y (B,); segmentation: pred (B, K, *S), y (B, 1, *S) -> voxel accuracy
+        engine.state.em_correct += int((pred.argmax(1, keepdim=pred.ndim == y.ndim) == y).sum())
         engine.state.em_total += int(y.numel())
         engine.state.em_loss += float(loss) * y.numel()
         engine.state.metrics["perturbed_acc"] = engine.state.em_correct / max(engine.state.em_total, 1)

@@ -34,6 +34,8 @@ class ErrorMinimizingNoise(nn.Module):
         step_size: PGD step (0.8/255).
         steps: PGD steps per noise update (20).
         seed: seed of the uniform(-eps, eps) initialisation.
+        budget_map: keep a per-element bound (buffer ``budget``, at most ``eps``) instead of the scalar ``eps``: the
+            segmentation baseline confines noise to mask + contour band, texture-scaled, exactly like UMed.
 
     The buffer ``delta`` (``num_items, C, *spatial``) is the noise; its state dict holds plain tensors only.
     """
@@ -49,6 +51,7 @@ class ErrorMinimizingNoise(nn.Module):
         step_size: float = 0.8 / 255,
         steps: int = 20,
         seed: int = 0,
+        budget_map: bool = False,
     ):
         super().__init__()
         if mode not in ("samplewise", "classwise"):
@@ -58,6 +61,19 @@ class ErrorMinimizingNoise(nn.Module):
         g = torch.Generator().manual_seed(self.seed)
         init = (torch.rand((self.num_items, *self.image_shape), generator=g) * 2 - 1) * self.eps
         self.register_buffer("delta", init)
+        self.budget_map = bool(budget_map)
+        if self.budget_map:
+            self.register_buffer("budget", torch.full_like(init, self.eps))
+
+    def set_budget(self, budget: torch.Tensor) -> None:
+        """Per-element bound, ``(num_items, C, *spatial)`` in ``[0, eps]``; the noise is projected into it."""
+        if not self.budget_map:
+            raise ValueError("this noise was built with budget_map=False")
+        self.budget.copy_(budget.clamp(0.0, self.eps).to(self.budget))
+        self.delta.copy_(torch.maximum(torch.minimum(self.delta, self.budget), -self.budget))
+
+    def _limit(self, rows: torch.Tensor, like: torch.Tensor):
+        return self.budget[rows].to(like) if self.budget_map else self.eps
 
     @property
     def name(self) -> str:
@@ -111,6 +127,7 @@ class ErrorMinimizingNoise(nn.Module):
         for p in network.parameters():
             p.requires_grad_(False)
         try:
+            lim = self._limit(uniq, x)
             for _ in range(self.steps):
                 d.requires_grad_(True)
                 inputs = (x + d[inverse]).clamp(0.0, 1.0)
@@ -118,7 +135,7 @@ class ErrorMinimizingNoise(nn.Module):
                 loss = loss_function(logits, label.to(logits.device))
                 (grad,) = torch.autograd.grad(loss, d)
                 with torch.no_grad():
-                    d = (d - self.step_size * grad.sign()).clamp(-self.eps, self.eps)
+                    d = torch.clamp(d - self.step_size * grad.sign(), -lim, lim)
         finally:
             for p, r in zip(network.parameters(), requires):
                 p.requires_grad_(r)
@@ -128,4 +145,5 @@ class ErrorMinimizingNoise(nn.Module):
 
     def config(self) -> dict:
         return {"num_items": self.num_items, "image_shape": list(self.image_shape), "mode": self.mode,
-                "eps": self.eps, "step_size": self.step_size, "steps": self.steps, "seed": self.seed}
+                "eps": self.eps, "step_size": self.step_size, "steps": self.steps, "seed": self.seed,
+                "budget_map": self.budget_map}

@@ -16,7 +16,7 @@ from monai.utils import CommonKeys as Keys
 
 from ..transforms.roi import contour_band
 
-__all__ = ["UMedTrainer", "UMedProtector"]
+__all__ = ["UMedTrainer", "UMedProtector", "SampleWiseProtector", "samplewise_noise_data"]
 
 
 class UMedTrainer(SupervisedTrainer):
@@ -129,6 +129,10 @@ class UMedProtector:
             raise TrustMonaiError(f"{label_path}: mask geometry (affine) does not match the image's")
         return self.protect(image, label, entry.get("modality", "MR"), name=entry["image"], label_name=label_path)
 
+    def delta(self, x: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:
+        """Perturbation in window units for a (1, 1, *spatial) windowed image and its label map."""
+        return self.generator(x, y)
+
     def protect(self, image, label, modality: str = "MR", name: str = "image", label_name: str = "label"):
         """Protect in-memory arrays (same shape, voxel order): ``(protected, metrics)`` or ``(None, metrics)``."""
         import numpy as np
@@ -162,7 +166,7 @@ class UMedProtector:
         with torch.inference_mode():
             xt = x[None, None].to(self.device)
             yt = torch.as_tensor(lab, dtype=torch.float32)[None, None].to(self.device)
-            delta = self.generator(xt, yt)[0, 0].double().cpu().numpy()
+            delta = self.delta(xt, yt, name)[0, 0].double().cpu().numpy()
             region = contour_band(yt, self.generator.band_width)[1][0, 0].cpu().numpy() > 0
         change = delta * scale
         eps_native = self.generator.epsilon * scale
@@ -183,3 +187,80 @@ class UMedProtector:
              "epsilon_native": float(eps_native), "window": [float(low), float(high)], "roi_voxels": int((lab > 0).sum())}
         )
         return out, metrics
+
+
+def samplewise_noise_data(
+    files, spatial_dims: int, epsilon: float = 4 / 255, band_width: int = 2, texture_floor: float = 0.25, seed: int = 0,
+    steps: int = 20, step_size: float | None = None,
+):
+    """The per-sample error-minimizing baseline's data and noise table (no generator).
+
+    Every training case is windowed as in training, zero-padded to the largest shape, and given a row of an
+    :class:`~trust_monai.protect.ErrorMinimizingNoise` table whose per-voxel bound is UMed's budget (``epsilon`` on the
+    contour band, texture-scaled inside the mask, 0 elsewhere and in the padding), so the baseline differs from UMed
+    only in how the perturbation is found.
+
+    Returns:
+        ``(items, noise)``: a list of ``{"image", "label", "index"}`` dicts for a DataLoader, and the noise table.
+    """
+    import torch.nn.functional as F
+
+    from ..data.pipelines import segmentation_transforms
+    from ..transforms.roi import budget_map
+    from .error_minimizing import ErrorMinimizingNoise
+
+    load = segmentation_transforms(spatial_dims, train=False)
+    cases = [load(f) for f in files]
+    shape = [max(c["image"].shape[1 + a] for c in cases) for a in range(spatial_dims)]
+
+    def pad(t):
+        t = torch.as_tensor(t).float()
+        widths = []
+        for a in reversed(range(spatial_dims)):
+            widths += [0, shape[a] - t.shape[1 + a]]
+        return F.pad(t, widths)
+
+    items, budgets = [], []
+    for i, c in enumerate(cases):
+        img, lab = pad(c["image"]), pad(c["label"])
+        eps_map, _, _ = budget_map(img[None], lab[None], epsilon, band_width, texture_floor)
+        items.append({"image": img, "label": lab, "index": i})
+        budgets.append(eps_map[0])
+    noise = ErrorMinimizingNoise(
+        len(items), [1, *shape], mode="samplewise", eps=epsilon, steps=steps,
+        step_size=epsilon / 5 if step_size is None else step_size, seed=seed, budget_map=True,
+    )
+    noise.set_budget(torch.stack(budgets))
+    return items, noise
+
+
+class SampleWiseProtector(UMedProtector):
+    """Protect with the per-sample baseline's learned noise table: the row of the case's training-datalist position.
+
+    Args:
+        noise_file: the table saved by the baseline's training (``save_poison`` format).
+        dataset_dir: the dataset whose ``training`` order numbered the rows.
+        generator_like: a :class:`~trust_monai.networks.UMedGenerator` giving ``spatial_dims`` / ``band_width`` /
+            ``epsilon`` (its weights are not used).
+        other args: as :class:`UMedProtector`.
+    """
+
+    def __init__(self, noise_file, dataset_dir, generator_like, device="cpu", num_classes=None, **kwargs):
+        super().__init__(generator_like, None, device, num_classes=num_classes, **kwargs)
+        self.noise_file, self.dataset_dir, self.table = noise_file, dataset_dir, None
+
+    def delta(self, x, y, name):
+        from ..data.datalist import load_datalist
+        from ..errors import TrustMonaiError
+        from . import load_poison
+
+        if self.table is None:
+            self.table = load_poison(self.noise_file).delta
+            self.rows = {e["image"]: i for i, e in enumerate(load_datalist(self.dataset_dir, "training"))}
+        if name not in self.rows:
+            raise TrustMonaiError(f"{name}: not in the training list the per-sample noise was learned on")
+        row = self.table[self.rows[name]][None]
+        row = row[(slice(None), slice(None)) + tuple(slice(0, s) for s in x.shape[2:])]
+        if tuple(row.shape[2:]) != tuple(x.shape[2:]):
+            raise TrustMonaiError(f"{name}: image shape {tuple(x.shape[2:])} differs from the learned noise's")
+        return ((x + row.to(x)).clamp(0.0, 1.0) - x)
