@@ -3,3 +3,13 @@
 from .resnet import BasicBlock, SmallResNet
 
 __all__ = ["BasicBlock", "SmallResNet"]
+
+
+def __getattr__(name: str):
+    # submodules load on first use, so bundle configs can name them after ``import trust_monai``
+    import importlib
+
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from e

@@ -102,3 +102,13 @@ def load_poison(path: str | os.PathLike, map_location="cpu"):
         raise InputFileError(path, f"unknown poison {name!r}")
     module.load_state_dict(state)
     return module
+
+
+def __getattr__(name: str):
+    # submodules load on first use, so bundle configs can name them after ``import trust_monai``
+    import importlib
+
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from e
