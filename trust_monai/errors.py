@@ -9,6 +9,8 @@ __all__ = [
     "DatalistError",
     "BundleError",
     "OutputExistsError",
+    "CaseError",
+    "CasesFailed",
 ]
 
 
@@ -39,3 +41,11 @@ class BundleError(TrustMonaiError):
 
 class OutputExistsError(TrustMonaiError):
     """An output would overwrite existing data or be written into the input folder."""
+
+
+class CaseError(TrustMonaiError):
+    """One case cannot be processed (mask does not match, NaN voxels ...): recorded for that case, the rest goes on."""
+
+
+class CasesFailed(TrustMonaiError):
+    """A dataset run finished, but some cases failed; the manifest lists each with its reason."""

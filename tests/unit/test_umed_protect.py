@@ -12,6 +12,7 @@ import torch
 
 from trust_monai.data import load_datalist, prepare, read_image
 from trust_monai.engines.case_writer import CaseWriter
+from trust_monai.errors import CasesFailed
 from trust_monai.networks.umed_generator import UMedGenerator
 from trust_monai.protect.umed import UMedProtector
 from trust_monai.transforms.roi import contour_band
@@ -86,7 +87,8 @@ def test_bad_cases_fail_alone_and_empty_mask_is_copied(tmp_path, generator):
     shifted[0, 3] += 5
     _nifti_like(ds / tr[4]["label"], np.asarray(nib.load(str(ds / tr[4]["label"])).dataobj), ds / tr[4]["label"], shifted)
     out = tmp_path / "out"
-    CaseWriter(ds, out, UMedProtector(generator, num_classes=2), bundle="umed", progress=False).run()
+    with pytest.raises(CasesFailed, match="4 of 12"):
+        CaseWriter(ds, out, UMedProtector(generator, num_classes=2), bundle="umed", progress=False).run()
     cases = {c["input"].split("/ds/")[1]: c for c in json.loads((out / "manifest.json").read_text())["cases"]}
     errors = {k: c["error"] for k, c in cases.items() if c["status"] == "error"}
     assert set(errors) == {tr[i]["image"] for i in (0, 1, 2, 4)}
@@ -117,3 +119,16 @@ def test_budget_holds_after_storage_rounding(generator, scale, dtype):
     low, high = metrics["window"]
     assert out.dtype == img.dtype
     assert np.abs(out.astype(np.float64) - img).max() <= EPS * (high - low) * (1 + 1e-12)
+
+
+def test_checkpoint_that_does_not_fit_stops_the_run(tmp_path, generator):
+    """A global problem is not a per-case error: the run stops with one project error and writes no case."""
+    from trust_monai.errors import InputFileError
+    from trust_monai.utils.checkpoint import save_state_dict
+
+    ckpt = save_state_dict(UMedGenerator(2, num_classes=4).state_dict(), tmp_path / "g.pt")
+    out = tmp_path / "out"
+    with pytest.raises(InputFileError, match="does not fit"):
+        CaseWriter(_dataset(tmp_path), out, UMedProtector(UMedGenerator(2, num_classes=2), ckpt), bundle="umed",
+                   progress=False).run()
+    assert not list(out.rglob("*.nii.gz"))

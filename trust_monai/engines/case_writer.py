@@ -18,7 +18,7 @@ from ignite.engine import Events
 
 from ..data.datalist import check_readable, load_datalist
 from ..data.io import read_image, write_image
-from ..errors import TrustMonaiError
+from ..errors import CaseError, CasesFailed, InputFileError
 from ..utils.fileio import atomic_path, atomic_write_json
 from .manifest import Manifest
 
@@ -29,8 +29,10 @@ class CaseWriter(Workflow):
     """Ignite engine: one iteration = one case read, processed, written and recorded.
 
     Every listed file is checked readable before anything is written, so a corrupt input stops the run with one line
-    naming it and no partial output. A processor error on one case (empty mask, shape mismatch ...) is recorded as
-    that case's error and the rest of the dataset still completes. A rerun skips the cases already in the manifest.
+    naming it and no partial output. A :class:`~trust_monai.errors.CaseError` on one case (mask shape mismatch, NaN
+    voxels ...) is recorded as that case's error and the rest of the dataset still completes; the run then ends with
+    :class:`~trust_monai.errors.CasesFailed` (non-zero exit). Any other error (a checkpoint that does not fit) stops
+    the run. A rerun skips the cases already in the manifest and retries the failed ones.
 
     Args:
         dataset_dir: folder with ``dataset.json``.
@@ -125,9 +127,6 @@ class CaseWriter(Workflow):
         status, metrics = "done", {}
         if not manifest.is_done(src):
             try:
-                for k in self.keys[1:]:
-                    if isinstance(entry.get(k), str):
-                        self._copy(entry[k])
                 if case["process"]:
                     image, meta = read_image(src)
                     out, metrics = self.processor(image, meta, entry)
@@ -139,8 +138,14 @@ class CaseWriter(Workflow):
                         write_image(out, meta, dst, derivation=self.derivation)
                 else:
                     dst, status = self._copy(src), "copied"
+                # labels follow their image, so a case that fails leaves nothing of itself behind
+                for k in self.keys[1:]:
+                    if isinstance(entry.get(k), str):
+                        self._copy(entry[k])
                 manifest.record(src, dst, status=status, metrics={"section": case["section"], **metrics})
-            except TrustMonaiError as e:
+            except (CaseError, InputFileError) as e:
+                if isinstance(e, InputFileError) and e.path not in {str(v) for v in entry.values()}:
+                    raise  # not this case's file (a checkpoint, say): the whole run is wrong, stop it
                 manifest.record(src, None, status="error", metrics={"section": case["section"]}, error=e)
                 status = "error"
         if self._bar is not None:
@@ -158,9 +163,12 @@ class CaseWriter(Workflow):
         self.manifest.save()
         errors = [c for c in self.manifest.cases if c["status"] == "error"]
         if errors:
-            print(f"{len(errors)} case(s) failed, see {self.manifest.path}:")
             for c in errors:
-                print(f"  {c['input']}: {c.get('error', '')}")
+                print(f"failed: {c.get('error', c['input'])}")
+            raise CasesFailed(
+                f"{len(errors)} of {len(self.manifest.cases)} case(s) failed (listed above and in {self.manifest.path}); "
+                "the other cases are written"
+            )
 
 
 def _remove_stale(dst: Path) -> None:

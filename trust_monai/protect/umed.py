@@ -117,16 +117,16 @@ class UMedProtector:
         import numpy as np
 
         from ..data.io import read_image
-        from ..errors import TrustMonaiError
+        from ..errors import CaseError
 
         label_path = entry.get("label")
         if not isinstance(label_path, str):
-            raise TrustMonaiError(f"{entry.get('image')}: UMed needs a label mask for every case (datalist 'label')")
+            raise CaseError(f"{entry.get('image')}: UMed needs a label mask for every case (datalist 'label')")
         label, lmeta = read_image(label_path)
         if label.shape != image.shape:
-            raise TrustMonaiError(f"{label_path}: mask shape {label.shape} does not match image shape {image.shape}")
+            raise CaseError(f"{label_path}: mask shape {label.shape} does not match image shape {image.shape}")
         if not np.allclose(np.asarray(lmeta.affine), np.asarray(meta.affine), atol=1e-3):
-            raise TrustMonaiError(f"{label_path}: mask geometry (affine) does not match the image's")
+            raise CaseError(f"{label_path}: mask geometry (affine) does not match the image's")
         return self.protect(image, label, entry.get("modality", "MR"), name=entry["image"], label_name=label_path)
 
     def delta(self, x: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:
@@ -137,7 +137,7 @@ class UMedProtector:
         """Protect in-memory arrays (same shape, voxel order): ``(protected, metrics)`` or ``(None, metrics)``."""
         import numpy as np
 
-        from ..errors import TrustMonaiError
+        from ..errors import CaseError
         from ..metrics.image import image_change_metrics
         from ..transforms.intensity import ScanNormalize
 
@@ -148,17 +148,17 @@ class UMedProtector:
             self.checkpoint = None
         image_np = np.asarray(image)
         if not np.isfinite(image_np).all():
-            raise TrustMonaiError(f"{name}: image has NaN or Inf voxels")
+            raise CaseError(f"{name}: image has NaN or Inf voxels")
         lab = np.asarray(label)
         if lab.min() < 0 or (self.num_classes is not None and lab.max() >= self.num_classes):
-            raise TrustMonaiError(
+            raise CaseError(
                 f"{label_name}: label values {int(lab.min())}..{int(lab.max())} outside 0..{self.num_classes - 1}"
             )
         if not (lab > 0).any():
             return None, {"empty_mask": True}
         spatial = self.generator.spatial_dims
         if image_np.ndim != spatial:
-            raise TrustMonaiError(
+            raise CaseError(
                 f"{name}: {image_np.ndim}D image but the generator is {spatial}D (set --spatial_dims)"
             )
         x, (low, high) = ScanNormalize(self.ct_window, self.percentiles)(image_np, modality)
@@ -251,16 +251,16 @@ class SampleWiseProtector(UMedProtector):
 
     def delta(self, x, y, name):
         from ..data.datalist import load_datalist
-        from ..errors import TrustMonaiError
+        from ..errors import CaseError
         from . import load_poison
 
         if self.table is None:
             self.table = load_poison(self.noise_file).delta
             self.rows = {e["image"]: i for i, e in enumerate(load_datalist(self.dataset_dir, "training"))}
         if name not in self.rows:
-            raise TrustMonaiError(f"{name}: not in the training list the per-sample noise was learned on")
+            raise CaseError(f"{name}: not in the training list the per-sample noise was learned on")
         row = self.table[self.rows[name]][None]
         row = row[(slice(None), slice(None)) + tuple(slice(0, s) for s in x.shape[2:])]
         if tuple(row.shape[2:]) != tuple(x.shape[2:]):
-            raise TrustMonaiError(f"{name}: image shape {tuple(x.shape[2:])} differs from the learned noise's")
+            raise CaseError(f"{name}: image shape {tuple(x.shape[2:])} differs from the learned noise's")
         return ((x + row.to(x)).clamp(0.0, 1.0) - x)

@@ -36,8 +36,29 @@ def load_state_dict(module, path: str | os.PathLike, strict: bool = True, key: s
         if key not in state:
             raise InputFileError(path, f"checkpoint has no '{key}' entry (entries: {', '.join(map(str, state))})")
         state = state[key]
-    module.load_state_dict(state, strict=strict)
+    try:
+        module.load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        # a checkpoint from another configuration (class count, widths): say so in one line, not a key dump
+        missing, unexpected = _key_diff(module.state_dict(), state)
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {len(missing)} tensors (e.g. {missing[0]})" if missing else "",
+                f"unexpected {len(unexpected)} tensors (e.g. {unexpected[0]})" if unexpected else "",
+                "tensor shapes differ" if not (missing or unexpected) else "",
+            )
+            if part
+        )
+        raise InputFileError(
+            path, f"checkpoint does not fit {type(module).__name__} as configured ({detail}); retrain or match the "
+            "config it was trained with"
+        ) from e
     return module
+
+
+def _key_diff(expected: dict, got: dict) -> tuple[list[str], list[str]]:
+    return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
 
 
 def save_state_dict(state: dict, path: str | os.PathLike):
