@@ -22,7 +22,8 @@ def _middle_slice(a: np.ndarray, label: np.ndarray | None) -> tuple[np.ndarray, 
 def before_after_png(clean_dir, changed_dir, path, section: str = "training", n: int = 4, title: str = "protected"):
     """Write a grid of ``n`` cases: original, changed copy, |difference| (contrast-stretched), mask outline.
 
-    Reads the first ``n`` entries of ``section`` that exist in both folders (same relative paths). Returns the path.
+    Reads ``n`` entries of ``section``, evenly spaced, that exist in both folders (same relative paths). Returns the
+    path, or None when no case is in both.
     """
     import matplotlib
 
@@ -34,13 +35,13 @@ def before_after_png(clean_dir, changed_dir, path, section: str = "training", n:
 
     clean = load_datalist(clean_dir, section, keys=("image", "label"))
     changed_root = Path(changed_dir).resolve()
-    rows = []
+    pairs = []
     for entry in clean:
         rel = Path(entry["image"]).resolve().relative_to(Path(clean_dir).resolve())
         if (changed_root / rel).exists():
-            rows.append((entry, changed_root / rel))
-        if len(rows) == n:
-            break
+            pairs.append((entry, changed_root / rel))
+    # evenly spaced through the list: the first cases of a slice dataset are edge slices with little to see
+    rows = [pairs[int(i)] for i in np.unique(np.linspace(0, len(pairs) - 1, min(n, len(pairs))).round())] if pairs else []
     if not rows:
         return None
     fig, axes = plt.subplots(len(rows), 3, figsize=(8.4, 2.8 * len(rows)), squeeze=False)
