@@ -191,11 +191,12 @@ class UMedProtector:
 
 def samplewise_noise_data(
     files, spatial_dims: int, epsilon: float = 4 / 255, band_width: int = 2, texture_floor: float = 0.25, seed: int = 0,
-    steps: int = 20, step_size: float | None = None,
+    steps: int = 20, step_size: float | None = None, multiple: int = 16,
 ):
     """The per-sample error-minimizing baseline's data and noise table (no generator).
 
-    Every training case is windowed as in training, zero-padded to the largest shape, and given a row of an
+    Every training case is windowed as in training, zero-padded to the largest shape (rounded up to ``multiple`` so
+    the surrogate's down-sampling fits), and given a row of an
     :class:`~trust_monai.protect.ErrorMinimizingNoise` table whose per-voxel bound is UMed's budget (``epsilon`` on the
     contour band, texture-scaled inside the mask, 0 elsewhere and in the padding), so the baseline differs from UMed
     only in how the perturbation is found.
@@ -212,6 +213,7 @@ def samplewise_noise_data(
     load = segmentation_transforms(spatial_dims, train=False)
     cases = [load(f) for f in files]
     shape = [max(c["image"].shape[1 + a] for c in cases) for a in range(spatial_dims)]
+    shape = [-(-s // multiple) * multiple for s in shape]
 
     def pad(t):
         t = torch.as_tensor(t).float()
