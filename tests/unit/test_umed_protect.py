@@ -132,3 +132,19 @@ def test_checkpoint_that_does_not_fit_stops_the_run(tmp_path, generator):
         CaseWriter(_dataset(tmp_path), out, UMedProtector(UMedGenerator(2, num_classes=2), ckpt), bundle="umed",
                    progress=False).run()
     assert not list(out.rglob("*.nii.gz"))
+
+
+def test_manifest_is_strict_json_for_unchanged_images(tmp_path):
+    """An unchanged image has infinite PSNR; the manifest must still be strict JSON (null, not Infinity)."""
+    from trust_monai.engines.manifest import Manifest
+
+    src = tmp_path / "in.txt"
+    src.write_text("x")
+    m = Manifest(tmp_path / "out", "umed", "inference")
+    m.record(src, None, status="copied", metrics={"psnr": float("inf"), "ssim": np.float64("nan"), "n": np.int64(3)})
+
+    def strict(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    rec = json.loads((tmp_path / "out" / "manifest.json").read_text(), parse_constant=strict)["cases"][0]
+    assert rec["metrics"] == {"psnr": None, "ssim": None, "n": 3}

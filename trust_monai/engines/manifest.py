@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +127,14 @@ class Manifest:
 
 
 def _plain(v):
-    """Metrics as JSON numbers (tensors and numpy scalars included)."""
+    """Metrics as strict JSON values (tensors and numpy scalars included; NaN / Inf, e.g. the PSNR of an unchanged
+    image, become null, since JSON has no such numbers and strict parsers reject Python's ``Infinity``)."""
     if hasattr(v, "item") and getattr(v, "ndim", 0) == 0:
-        return v.item()
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
-    return v if isinstance(v, (int, float, str, bool, type(None), dict)) else str(v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v if isinstance(v, (int, float, str, bool, type(None))) else str(v)

@@ -215,12 +215,14 @@ def load_sections(
 
 def change_metrics(clean: torch.Tensor, changed: torch.Tensor) -> dict[str, float]:
     """L-inf, L2 and PSNR (dB, peak 1) of the change of one image (values in [0, 1])."""
+    from ..metrics.image import psnr
+
     d = (changed.double() - clean.double()).flatten()
-    mse = float(d.pow(2).mean())
+    p = psnr(clean.double().cpu().numpy(), changed.double().cpu().numpy())
     return {
         "linf": float(d.abs().max()) if d.numel() else 0.0,
         "l2": float(d.norm()),
-        "psnr": None if mse == 0 else 10.0 * math.log10(1.0 / mse),  # None: unchanged image
+        "psnr": p if math.isfinite(p) else None,  # None: unchanged image
     }
 
 
