@@ -1,6 +1,7 @@
 """trust_monai.networks: nn.Modules, one per file."""
 
 from .resnet import BasicBlock, SmallResNet
+from .half_input import HalfInput  # noqa: F401  (DRS base classifiers)
 
 __all__ = ["BasicBlock", "SmallResNet"]
 
