@@ -1,0 +1,406 @@
+"""Forgery-detection data sets made in the project from real offline images, and the dataset that reads them.
+
+Scans (:func:`prepare_scan_forgery`): real axial slices of the MNI152 template and of the five pyradiomics scans
+(``trust_monai.data.prepare('mni152_tissue_2d' / 'pyradiomics_lesions_2d')``), intensity-normalised per volume and
+resized to ``size``; the fakes are made from the real slices of the same split, so the split stays by volume / slab
+exactly as in the source data sets (no volume has slices on both sides):
+
+- ``copy_move_inject`` / ``copy_move_remove``: a lesion (from its expert mask) or a tissue blob moved elsewhere, or
+  covered with nearby tissue, with soft blending (:class:`~trust_monai.transforms.forgery.CopyMoveForgery`);
+- ``self_blend``: the slice blended with an altered copy of itself (:class:`~trust_monai.transforms.forgery.SelfBlend`);
+- ``generated``: samples of a small VAE trained on the real slices of that split only
+  (:func:`~trust_monai.detect.generative.train_vae`).
+
+With ``spatial_dims=3`` the same slices are stacked back into volumes: each real volume, and per kind one tampered
+copy in which a contiguous slab of slices is replaced by its fakes (``slice_labels`` marks them).
+
+Faces (:func:`prepare_face_forgery`): the 100 real LFW faces of ``prepare('lfw_faces')`` (same 80/20 split) versus
+``self_blend`` and ``face_swap`` fakes (donor face from the same split).
+
+Every datalist entry has ``image``, ``label`` (0 real, 1 fake), ``kind`` and ``volume`` (the group a volume score is
+aggregated over).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DatalistError, InputFileError
+from ..utils.fileio import atomic_write_json
+
+__all__ = [
+    "SCAN_KINDS",
+    "FACE_KINDS",
+    "prepare_scan_forgery",
+    "prepare_face_forgery",
+    "ForgeryDataset",
+    "select_kinds",
+]
+
+SCAN_KINDS = ("copy_move_inject", "copy_move_remove", "self_blend", "generated")
+FACE_KINDS = ("self_blend", "face_swap")
+_SOURCES = ("pyradiomics_lesions_2d", "mni152_tissue_2d")
+_VERSION = "1"
+
+
+def _resize(a: np.ndarray, size: int, mode: str = "bilinear") -> np.ndarray:
+    t = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)[None, None]
+    kw = {"align_corners": False, "antialias": True} if mode == "bilinear" else {}
+    return torch.nn.functional.interpolate(t, size=(size, size), mode=mode, **kw)[0, 0].numpy()
+
+
+def _real_slices(size: int, min_tissue: float, max_per_volume: int | None) -> dict[str, list[dict]]:
+    """Real slices per split: normalised by the volume's 0.5/99.5 percentiles, resized, with tissue only."""
+    from ..data import prepare, read_image
+    from ..data.datalist import load_datalist
+
+    out: dict[str, list[dict]] = {"training": [], "test": []}
+    for source in _SOURCES:
+        root = prepare(source)
+        for split in out:
+            entries = load_datalist(root, split, keys=("image", "label"))
+            by_volume: dict[str, list[dict]] = {}
+            for e in entries:
+                by_volume.setdefault(str(e.get("volume", "volume")), []).append(e)
+            for volume, items in by_volume.items():
+                arrays = [np.asarray(read_image(e["image"])[0], np.float32) for e in items]
+                lo, hi = np.percentile(np.concatenate([a.ravel() for a in arrays]), [0.5, 99.5])
+                kept = []
+                for e, a in zip(items, arrays):
+                    img = np.clip((_resize(a, size) - lo) / max(hi - lo, 1e-6), 0, 1)
+                    if (img > 0.1).mean() < min_tissue:
+                        continue  # an edge slice with (almost) nothing in it is neither real nor fake evidence
+                    lesion = None
+                    if isinstance(e.get("label"), str) and source.startswith("pyradiomics"):
+                        lesion = _resize(np.asarray(read_image(e["label"])[0], np.float32), size, "nearest") > 0
+                    kept.append({"image": img.astype(np.float32), "lesion": lesion, "volume": volume,
+                                 "slice": int(e.get("slice", len(kept))), "source": source})
+                if max_per_volume:
+                    idx = np.unique(np.linspace(0, len(kept) - 1, min(max_per_volume, len(kept))).round().astype(int))
+                    kept = [kept[i] for i in idx] if kept else []
+                out[split] += kept
+    return out
+
+
+def _fakes(real: list[dict], kinds: Sequence[str], seed: int, vae_epochs: int, split: str) -> dict[str, list]:
+    """One fake per real slice and kind (same order as ``real``)."""
+    from ..transforms.forgery import CopyMoveForgery, SelfBlend
+    from .generative import train_vae
+
+    fakes: dict[str, list] = {}
+    for k, kind in enumerate(kinds):
+        rs = np.random.RandomState(seed * 1000 + k)
+        if kind == "generated":
+            stack = torch.from_numpy(np.stack([r["image"] for r in real]))[:, None]
+            vae = train_vae(stack, epochs=vae_epochs, seed=seed, desc=f"VAE ({split})")
+            gen = torch.Generator().manual_seed(seed + 7)
+            fakes[kind] = [s[0].numpy() for s in vae.sample(len(real), gen)]
+            continue
+        t = {"copy_move_inject": lambda: CopyMoveForgery("inject"), "copy_move_remove": lambda: CopyMoveForgery(
+            "remove"), "self_blend": lambda: SelfBlend()}[kind]()
+        t.set_random_state(state=rs)
+        fakes[kind] = []
+        for r in real:
+            lesion = r["lesion"] if r["lesion"] is not None and r["lesion"].any() else None
+            fakes[kind].append(t(r["image"][None]) if kind == "self_blend" else t(r["image"][None], lesion)[0:1])
+        fakes[kind] = [np.asarray(f, np.float32).reshape(r["image"].shape) for f, r in zip(fakes[kind], real)]
+    return fakes
+
+
+def _cache_folder(name: str, params: dict) -> Path:
+    from ..data.cache import cache_dir
+
+    tag = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    return cache_dir() / "detect" / f"{name}-{tag}"
+
+
+def prepare_scan_forgery(
+    spatial_dims: int = 2,
+    size: int = 64,
+    kinds: Sequence[str] = SCAN_KINDS,
+    vae_epochs: int = 150,
+    max_per_volume: int | None = None,
+    min_tissue: float = 0.05,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+) -> Path:
+    """Build (once, cached by its parameters) the real-versus-tampered scan data set; returns its folder.
+
+    Args:
+        spatial_dims: 2 (one NIfTI per slice) or 3 (volumes with per-slice labels).
+        size: slice side after resizing.
+        kinds: fake kinds to make (subset of ``SCAN_KINDS``).
+        vae_epochs: training epochs of the VAE behind ``generated``.
+        max_per_volume: keep at most this many evenly spaced slices per volume (tiny smoke sets).
+        min_tissue: drop slices whose tissue fraction is below this.
+        seed: seed of every random choice.
+        root: parent folder (default: ``cache_dir()/detect``).
+    """
+    from ..data.cache import build_dataset_dir, is_complete
+
+    unknown = set(kinds) - set(SCAN_KINDS)
+    if unknown:
+        raise DatalistError(f"unknown scan forgery kinds {sorted(unknown)}; choose from {SCAN_KINDS}")
+    params = dict(spatial_dims=int(spatial_dims), size=int(size), kinds=list(kinds), vae_epochs=int(vae_epochs),
+                  max_per_volume=max_per_volume, min_tissue=min_tissue, seed=int(seed), version=_VERSION)
+    target = _cache_folder("scan_forgery", params) if root is None else Path(root) / "scan_forgery"
+    version = json.dumps(params, sort_keys=True)
+    if is_complete(target, version):
+        return target
+    return build_dataset_dir(target, version, lambda out: _build_scans(out, params))
+
+
+def _build_scans(out: Path, p: dict) -> None:
+    from ..data.sources._common import write_nifti
+
+    real = _real_slices(p["size"], p["min_tissue"], p["max_per_volume"])
+    lists: dict[str, list] = {}
+    affine = np.eye(4)
+    for split, tag in (("training", "Tr"), ("test", "Ts")):
+        fakes = _fakes(real[split], p["kinds"], p["seed"] + (0 if split == "training" else 100), p["vae_epochs"],
+                       split)
+        entries = []
+        if p["spatial_dims"] == 2:
+            for i, r in enumerate(real[split]):
+                stem = f"{r['volume']}_z{r['slice']:03d}"
+                rel = f"images{tag}/real/{stem}.nii.gz"
+                write_nifti(out / rel, r["image"], affine)
+                entries.append({"image": rel, "label": 0, "kind": "real", "volume": r["volume"], "slice": r["slice"]})
+                for kind in p["kinds"]:
+                    rel = f"images{tag}/{kind}/{stem}.nii.gz" if kind != "generated" else \
+                        f"images{tag}/{kind}/{split}_{i:04d}.nii.gz"
+                    write_nifti(out / rel, fakes[kind][i], affine)
+                    volume = f"{r['volume']}:{kind}" if kind != "generated" else f"generated:{split}:{i // 16:02d}"
+                    entries.append({"image": rel, "label": 1, "kind": kind, "volume": volume,
+                                    "slice": r["slice"] if kind != "generated" else i})
+        else:
+            rs = np.random.RandomState(p["seed"] + 11)
+            by_volume: dict[str, list[int]] = {}
+            for i, r in enumerate(real[split]):
+                by_volume.setdefault(r["volume"], []).append(i)
+            for volume, idx in by_volume.items():
+                stack = np.stack([real[split][i]["image"] for i in idx], -1)
+                rel = f"images{tag}/real/{volume}.nii.gz"
+                write_nifti(out / rel, stack, affine)
+                entries.append({"image": rel, "label": 0, "kind": "real", "volume": volume,
+                                "slice_labels": [0] * len(idx)})
+                for kind in p["kinds"]:
+                    n = len(idx)
+                    length = max(1, int(round(n * rs.uniform(0.3, 0.5))))
+                    start = rs.randint(0, n - length + 1)
+                    fake = stack.copy()
+                    for z in range(start, start + length):
+                        fake[..., z] = fakes[kind][idx[z]]
+                    rel = f"images{tag}/{kind}/{volume}.nii.gz"
+                    write_nifti(out / rel, fake, affine)
+                    labels = [int(start <= z < start + length) for z in range(n)]
+                    entries.append({"image": rel, "label": 1, "kind": kind, "volume": f"{volume}:{kind}",
+                                    "slice_labels": labels})
+        lists[split] = entries
+    doc = {
+        "name": "scan_forgery",
+        "description": "Real MR/CT slices versus tampered or generated ones, made in trust_monai from the "
+                       "mni152_tissue_2d and pyradiomics_lesions_2d sample data sets.",
+        "tensorImageSize": f"{p['spatial_dims']}D",
+        "split_rule": "Inherited from the sources: pyradiomics by volume (brain2 test), MNI152 by axial slab with a "
+                      "gap. Fakes are made only from real slices of the same split; the VAE of 'generated' is "
+                      "trained on that split's real slices only.",
+        "classes": ["real", "fake"],
+        "kinds": list(p["kinds"]),
+        "parameters": p,
+        "numTraining": len(lists["training"]),
+        "numTest": len(lists["test"]),
+        **lists,
+    }
+    atomic_write_json(out / "dataset.json", doc)
+
+
+def prepare_face_forgery(
+    kinds: Sequence[str] = FACE_KINDS,
+    fakes_per_image: int = 2,
+    seed: int = 0,
+    max_per_split: int | None = None,
+    root: str | os.PathLike | None = None,
+) -> Path:
+    """Build (once) the real-versus-fake face set from ``lfw_faces``: real faces, self-blended and face-swapped fakes.
+
+    Args:
+        kinds: subset of ``FACE_KINDS``.
+        fakes_per_image: fakes of each kind made from each real face.
+        seed: seed of every random choice.
+        max_per_split: keep only the first real faces of each split (smoke sets).
+        root: parent folder (default: ``cache_dir()/detect``).
+    """
+    from ..data.cache import build_dataset_dir, is_complete
+
+    unknown = set(kinds) - set(FACE_KINDS)
+    if unknown:
+        raise DatalistError(f"unknown face forgery kinds {sorted(unknown)}; choose from {FACE_KINDS}")
+    params = dict(kinds=list(kinds), fakes_per_image=int(fakes_per_image), seed=int(seed),
+                  max_per_split=max_per_split, version=_VERSION)
+    target = _cache_folder("face_forgery", params) if root is None else Path(root) / "face_forgery"
+    version = json.dumps(params, sort_keys=True)
+    if is_complete(target, version):
+        return target
+    return build_dataset_dir(target, version, lambda out: _build_faces(out, params))
+
+
+def _build_faces(out: Path, p: dict) -> None:
+    from PIL import Image
+
+    from ..data import prepare, read_image
+    from ..data.datalist import load_datalist
+    from ..transforms.forgery import FaceSwap, SelfBlend
+
+    root = prepare("lfw_faces")
+    lists = {}
+    for s, (split, folder) in enumerate((("training", "train"), ("test", "test"))):
+        faces = [e for e in load_datalist(root, split, keys=("image",)) if int(e["label"]) == 1]
+        faces = faces[: p["max_per_split"]] if p["max_per_split"] else faces
+        arrays = [np.asarray(read_image(e["image"])[0], np.float32) / 255.0 for e in faces]
+        rs = np.random.RandomState(p["seed"] + 100 * s)
+        blend = SelfBlend(radius=(0.25, 0.4), center="middle").set_random_state(state=rs)
+        swap = FaceSwap().set_random_state(state=rs)
+        entries = []
+
+        def save(rel, a):
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)).save(out / rel)
+
+        for i, (e, a) in enumerate(zip(faces, arrays)):
+            stem = f"{int(e.get('index', i)):03d}"
+            rel = f"{folder}/real/{stem}.png"
+            save(rel, a)
+            entries.append({"image": rel, "label": 0, "kind": "real", "volume": stem})
+            for kind in p["kinds"]:
+                for j in range(p["fakes_per_image"]):
+                    if kind == "self_blend":
+                        fake = blend(a[None])[0]
+                    else:
+                        donor = arrays[(i + 1 + rs.randint(len(arrays) - 1)) % len(arrays)] if len(arrays) > 1 else a
+                        fake = swap(a[None], donor[None])[0]
+                    rel = f"{folder}/{kind}/{stem}_{j}.png"
+                    save(rel, fake)
+                    entries.append({"image": rel, "label": 1, "kind": kind, "volume": f"{stem}:{kind}:{j}"})
+        lists[split] = entries
+    atomic_write_json(out / "dataset.json", {
+        "name": "face_forgery",
+        "description": "Real LFW faces (skimage lfw_subset, 25x25 grey) versus self-blended and face-swapped fakes "
+                       "made in trust_monai.",
+        "tensorImageSize": "2D",
+        "split_rule": "Inherited from lfw_faces (last 20 faces are test); face-swap donors come from the same split.",
+        "classes": ["real", "fake"],
+        "kinds": list(p["kinds"]),
+        "parameters": p,
+        "numTraining": len(lists["training"]),
+        "numTest": len(lists["test"]),
+        **lists,
+    })
+
+
+def select_kinds(entries: list[dict], kinds: Sequence[str] | None) -> list[dict]:
+    """Real entries plus the fakes whose ``kind`` is in ``kinds`` (``None`` or empty: all)."""
+    if not kinds:
+        return list(entries)
+    return [e for e in entries if e.get("kind", "real") == "real" or int(e.get("label", 0)) == 0 or
+            e.get("kind") in set(kinds)]
+
+
+class ForgeryDataset(torch.utils.data.Dataset):
+    """A datalist section of real / fake images, every file header checked first, then decoded into memory.
+
+    Items: ``image`` (float ``(1, H, W)`` for 2D, ``(1, H, W, D)`` for a volume, values in [0, 1]), ``label`` (int,
+    -1 when the datalist has none), ``kind``, ``volume``, ``path``, ``rel``.
+
+    Args:
+        dataset_dir: folder with ``dataset.json``.
+        section: datalist section, or a list of sections (those present are read).
+        kinds: fake kinds to keep (real images are always kept); ``None``: all.
+        unroll: split volumes into slices (training on slices of a 3D set; per-slice labels from ``slice_labels``).
+        max_samples: keep at most this many entries, evenly spaced (0: all).
+        augment: random horizontal flips (training).
+    """
+
+    def __init__(self, dataset_dir, section: str = "training", kinds: Sequence[str] | None = None,
+                 unroll: bool = False, max_samples: int | None = 0, augment: bool = False):
+        from ..data.datalist import check_readable, load_datalist
+        from ..data.io import read_image
+
+        self.dataset_dir = Path(dataset_dir).resolve()
+        sections = [section] if isinstance(section, str) else list(section)
+        if len(sections) > 1:
+            # several sections: those the datalist has (a screening list may hold only "test")
+            doc = json.loads((self.dataset_dir / "dataset.json").read_text()) if (
+                self.dataset_dir / "dataset.json").is_file() else {}
+            sections = [s for s in sections if isinstance(doc.get(s), list)] or sections[:1]
+        entries = []
+        for s in sections:
+            entries += load_datalist(self.dataset_dir, s, keys=("image",))
+        entries = select_kinds(entries, kinds)
+        if max_samples and int(max_samples) > 0 and len(entries) > int(max_samples):
+            idx = np.unique(np.linspace(0, len(entries) - 1, int(max_samples)).round().astype(int))
+            entries = [entries[i] for i in idx]
+        if not entries:
+            raise DatalistError(f"{self.dataset_dir / 'dataset.json'}: no '{section}' entries of kinds {kinds}")
+        check_readable(entries, keys=("image",))  # every file, before any is decoded or any output is written
+        self.augment = augment
+        self.items: list[dict] = []
+        for e in entries:
+            arr, _ = read_image(e["image"])
+            img = self._to_unit(np.asarray(arr, np.float32), e["image"])
+            label = int(e["label"]) if "label" in e else -1
+            base = {"label": label, "kind": str(e.get("kind", "real" if label == 0 else "unknown")),
+                    "volume": str(e.get("volume", Path(e["image"]).name)), "path": e["image"],
+                    "rel": Path(e["image"]).relative_to(self.dataset_dir).as_posix()}
+            if img.ndim == 3 and img.shape[-1] not in (3, 4) and unroll:
+                labels = e.get("slice_labels") or [label] * img.shape[-1]
+                for z in range(img.shape[-1]):
+                    self.items.append({**base, "image": torch.from_numpy(img[None, ..., z].copy()),
+                                       "label": int(labels[z]), "kind": base["kind"] if labels[z] else "real",
+                                       "slice": z})
+            else:
+                if img.ndim == 3 and img.shape[-1] in (3, 4):  # an RGB(A) picture: channels first
+                    img = img[..., :3].transpose(2, 0, 1)
+                    self.items.append({**base, "image": torch.from_numpy(np.ascontiguousarray(img))})
+                else:
+                    self.items.append({**base, "image": torch.from_numpy(img[None].copy()),
+                                       "slice_labels": e.get("slice_labels")})
+
+    @staticmethod
+    def _to_unit(a: np.ndarray, path: str) -> np.ndarray:
+        """Values into [0, 1]: 8-bit pictures / 255, already-normalised data as is, anything else by its range."""
+        if a.ndim not in (2, 3):
+            raise InputFileError(path, f"expected a 2D image or a 3D volume, got shape {a.shape}")
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0 and hi <= 1:
+            return a
+        if lo >= 0 and hi <= 255 and path.lower().endswith(".png"):
+            return a / 255.0
+        lo, hi = np.percentile(a, [0.5, 99.5])
+        return np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+
+    @property
+    def labels(self) -> list[int]:
+        return [it["label"] for it in self.items]
+
+    def class_weights(self) -> torch.Tensor:
+        """Inverse class frequencies (real, fake), so each class weighs the same in the loss."""
+        counts = torch.bincount(torch.tensor([max(lb, 0) for lb in self.labels]), minlength=2).float().clamp(min=1)
+        return counts.sum() / (2 * counts)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        # tensors and the index only, so the default collate works; the rest is in ``self.items[index]``
+        img = self.items[i]["image"]
+        if self.augment and torch.rand(()) < 0.5:
+            img = img.flip(-1)
+        return {"image": img, "label": self.items[i]["label"], "index": i}

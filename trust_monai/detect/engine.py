@@ -1,0 +1,313 @@
+"""Glue the detection bundles call: the training loss, checkpoint loading, scoring, the report and the evaluation.
+
+- :class:`MoELoss`: class-weighted cross-entropy plus the routers' load-balancing loss (read from the network right
+  after its forward pass), so a plain MONAI ``SupervisedTrainer`` trains a :class:`~trust_monai.networks.moe_vit.MoEViT`.
+- :func:`load_detector`: a plain state dict into the configured network; a checkpoint made for other experts fails
+  with one line naming the mismatched keys.
+- :class:`DetectionInference`: scores every image (a 3D volume by aggregating its slice scores), writes
+  ``report.json`` (per image and per volume, atomically) and ``heatmaps.png`` (gradient saliency).
+- :class:`DetectionEvaluation`: the same scores against the labels: AUC, AP, EER, accuracy at 0.5 per fake kind and
+  level (image / slice / volume), ``metrics.csv`` + ``metrics.md`` + ``roc.png``; fake kinds not in ``train_kinds``
+  are marked unseen (the cross-manipulation protocol).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputFileError
+from ..utils.fileio import atomic_write_json, atomic_write_text, sha256_file
+from .figures import heatmap_png, roc_png, saliency
+from .metrics import aggregate_scores, detection_metrics
+
+__all__ = ["MoELoss", "load_detector", "score_batch", "log_trainable", "DetectionInference", "DetectionEvaluation"]
+
+logger = logging.getLogger("trust_monai.detect")
+
+
+class MoELoss(nn.Module):
+    """``CE(logits, label; class weights) + balance_weight * network.balance_loss()``.
+
+    Args:
+        network: the network being trained; its ``balance_loss()`` (if it has one) is read at each call, i.e. right
+            after the trainer's forward pass.
+        balance_weight: weight of the load-balancing term.
+        class_weights: per-class weights of the cross-entropy (e.g. ``ForgeryDataset.class_weights()``).
+    """
+
+    def __init__(self, network: nn.Module, balance_weight: float = 0.01, class_weights=None):
+        super().__init__()
+        self.network, self.balance_weight = network, float(balance_weight)
+        self.register_buffer("class_weights", None if class_weights is None else torch.as_tensor(class_weights).float())
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.reshape(-1).long()
+        w = None if self.class_weights is None else self.class_weights.to(pred.device)
+        loss = F.cross_entropy(pred, target, weight=w)
+        balance = getattr(self.network, "balance_loss", None)
+        if self.balance_weight and callable(balance):
+            loss = loss + self.balance_weight * balance().to(loss.device)
+        return loss
+
+
+def load_detector(network: nn.Module, path) -> nn.Module:
+    """Load a plain state dict (``weights_only``) into ``network``; refuse one made for other experts by name."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "checkpoint not found; train the bundle first (train.json) or set --ckpt_dir")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise InputFileError(path, f"refused: not a plain state dict ({str(e)[:100]})") from e
+    except Exception as e:  # noqa: BLE001 - truncated zip, wrong format
+        raise InputFileError(path, f"cannot read checkpoint: {type(e).__name__}: {str(e)[:100]}") from e
+    if not isinstance(state, dict):
+        raise InputFileError(path, "not a state dict")
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or shapes:
+        def few(keys):
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+        parts = [f"missing {few(missing)}" if missing else "", f"unexpected {few(unexpected)}" if unexpected else "",
+                 f"shape differs for {few(shapes)}" if shapes else ""]
+        raise InputFileError(
+            path, "checkpoint does not match the configured experts / network: " + "; ".join(p for p in parts if p)
+            + "; use the config it was trained with (expert count, ranks, kinds, sizes) or retrain"
+        )
+    network.load_state_dict(state)
+    return network
+
+
+@torch.no_grad()
+def score_batch(network: nn.Module, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """Fake probability of every 2D image of ``images`` ``(N, C, H, W)``."""
+    device = next(network.parameters()).device
+    out = []
+    for i in range(0, len(images), batch_size):
+        logits = network(images[i : i + batch_size].to(device).float())
+        out.append(logits.float().softmax(-1)[:, 1].cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+class DetectionInference:
+    """Score a data set and write ``report.json`` and ``heatmaps.png`` into ``output_dir``.
+
+    Args:
+        network: the detector (built from the same config as in training).
+        checkpoint: its trained state dict.
+        dataset: a :class:`~trust_monai.detect.data.ForgeryDataset` (labels optional); its files were checked
+            when it was built, so a bad input fails before the checkpoint is read or anything is written.
+        output_dir: where the outputs go.
+        device: torch device.
+        batch_size: images (or slices) per forward pass.
+        aggregate, topk: how slice scores become a volume score (:func:`~trust_monai.detect.metrics.aggregate_scores`).
+        threshold: fake probability from which an image is called fake.
+        heatmaps: cases shown in ``heatmaps.png`` (0: none).
+        progress: progress bar.
+    """
+
+    def __init__(self, network: nn.Module, checkpoint, dataset, output_dir, device="cpu", batch_size: int = 64,
+                 aggregate: str = "topk", topk: int = 3, threshold: float = 0.5, heatmaps: int = 8,
+                 progress: bool = True):
+        self.network, self.checkpoint, self.dataset = network, checkpoint, dataset
+        self.output_dir, self.device = Path(output_dir), torch.device(device)
+        self.batch_size, self.aggregate, self.topk = int(batch_size), aggregate, int(topk)
+        self.threshold, self.heatmaps, self.progress = float(threshold), int(heatmaps), progress
+
+    # ------------------------------------------------------------------------------------------------ scoring
+    def score(self) -> list[dict]:
+        """One record per dataset item: ``score`` (and ``slice_scores`` for a volume)."""
+        from tqdm.auto import tqdm
+
+        load_detector(self.network, self.checkpoint)
+        self.network.to(self.device).eval()
+        records = []
+        items = self.dataset.items
+        i = 0
+        bar = tqdm(total=len(items), desc="score", disable=None if self.progress else True, leave=False)
+        while i < len(items):
+            img = items[i]["image"]
+            if img.ndim == 4:  # (C, H, W, D): score every slice, aggregate
+                slices = img.permute(3, 0, 1, 2)
+                s = score_batch(self.network, slices, self.batch_size)
+                records.append(self._record(items[i], aggregate_scores(s, self.aggregate, self.topk), s))
+                i += 1
+                bar.update(1)
+                continue
+            j = i
+            while j < len(items) and j - i < self.batch_size and items[j]["image"].shape == img.shape:
+                j += 1
+            s = score_batch(self.network, torch.stack([it["image"] for it in items[i:j]]), self.batch_size)
+            records += [self._record(it, float(v)) for it, v in zip(items[i:j], s)]
+            bar.update(j - i)
+            i = j
+        bar.close()
+        return records
+
+    def _record(self, item: dict, score: float, slice_scores=None) -> dict:
+        r = {"image": item["rel"], "sha256": sha256_file(item["path"]), "score": round(float(score), 6),
+             "pred": "fake" if score >= self.threshold else "real", "volume": item["volume"]}
+        if item["label"] >= 0:
+            r.update(label=int(item["label"]), kind=item["kind"])
+        if slice_scores is not None:
+            r["slice_scores"] = [round(float(v), 6) for v in slice_scores]
+            if item.get("slice_labels"):
+                r["slice_labels"] = [int(v) for v in item["slice_labels"]]
+        return r
+
+    def volumes(self, records: list[dict]) -> list[dict]:
+        """Records grouped by ``volume`` with the aggregated score (a 3D item is its own volume)."""
+        groups: dict[str, list[dict]] = {}
+        for r in records:
+            groups.setdefault(r["volume"], []).append(r)
+        out = []
+        for name, rs in groups.items():
+            scores = [v for r in rs for v in (r["slice_scores"] if "slice_scores" in r else [r["score"]])]
+            score = aggregate_scores(scores, self.aggregate, self.topk)
+            v = {"volume": name, "images": len(rs), "score": round(score, 6),
+                 "pred": "fake" if score >= self.threshold else "real"}
+            if all("label" in r for r in rs):
+                v["label"] = max(r["label"] for r in rs)
+                kinds = sorted({r["kind"] for r in rs if r["label"] == 1})
+                v["kind"] = kinds[0] if len(kinds) == 1 else ("real" if not kinds else "mixed")
+            out.append(v)
+        return out
+
+    # ------------------------------------------------------------------------------------------------ writing
+    def write_report(self, records: list[dict], extra: dict | None = None) -> Path:
+        doc = {
+            "checkpoint": str(self.checkpoint),
+            "threshold": self.threshold,
+            "aggregate": {"how": self.aggregate, "k": self.topk},
+            "images": records,
+            "volumes": self.volumes(records),
+            **(extra or {}),
+        }
+        return atomic_write_json(self.output_dir / "report.json", doc)
+
+    def write_heatmaps(self, records: list[dict]) -> Path | None:
+        """Saliency of the most-fake-looking cases and of the most-real-looking ones, side by side."""
+        if self.heatmaps <= 0 or not records:
+            return None
+        order = np.argsort([-r["score"] for r in records])
+        n = min(self.heatmaps, len(records))
+        chosen = list(order[: (n + 1) // 2]) + [k for k in order[::-1][: n // 2] if k not in order[: (n + 1) // 2]]
+        by_rel = {it["rel"]: it for it in self.dataset.items}
+        rows = []
+        for k in chosen:
+            r = records[k]
+            img = by_rel[r["image"]]["image"]
+            caption = f"{Path(r['image']).name}\np(fake)={r['score']:.3f}" + (f" [{r['kind']}]" if "kind" in r else "")
+            if img.ndim == 4:
+                z = int(np.argmax(r["slice_scores"]))
+                img = img[..., z]
+                caption += f" z={z}"
+            heat = saliency(self.network, img.to(self.device))
+            rows.append({"image": img.float().mean(0).cpu().numpy(), "heat": heat, "caption": caption})
+        return heatmap_png(rows, self.output_dir / "heatmaps.png")
+
+    def run(self) -> list[dict]:
+        records = self.score()
+        self.write_report(records)
+        self.write_heatmaps(records)
+        logger.info("scored %d images into %s", len(records), self.output_dir / "report.json")
+        return records
+
+
+_COLUMNS = ("level", "fakes", "seen_in_training", "n_real", "n_fake", "auc", "ap", "eer", "acc")
+
+
+class DetectionEvaluation(DetectionInference):
+    """Score a labelled test set and write ``metrics.csv``, ``metrics.md``, ``roc.png`` (plus the report and heatmaps).
+
+    Rows: every level present (``image``; ``slice`` for volumes with per-slice labels; ``volume`` when several
+    images share a volume id), once with all fakes and once per fake kind against all reals. ``train_kinds`` (the
+    kinds the checkpoint was trained on; ``None``: all) marks each kind seen or unseen, the cross-manipulation view.
+    """
+
+    def __init__(self, *args, train_kinds: Sequence[str] | None = None, title: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.train_kinds = list(train_kinds) if train_kinds else None
+        self.title = title
+
+    def _seen(self, kind: str) -> str:
+        if kind == "all":
+            return "all" if self.train_kinds is None else "mixed"
+        return "yes" if self.train_kinds is None or kind in self.train_kinds else "no"
+
+    def rows(self, records: list[dict]) -> tuple[list[dict], dict]:
+        levels: dict[str, list[tuple[int, float, str]]] = {"image": [], "slice": [], "volume": []}
+        for r in records:
+            if "label" not in r:
+                continue
+            levels["image"].append((r["label"], r["score"], r["kind"]))
+            for lb, s in zip(r.get("slice_labels", []), r.get("slice_scores", [])):
+                levels["slice"].append((lb, s, r["kind"] if lb else "real"))
+        vols = self.volumes(records)
+        if len(vols) < len(records):
+            levels["volume"] = [(v["label"], v["score"], v["kind"]) for v in vols if "label" in v]
+        rows, curves = [], {}
+        for level, data in levels.items():
+            if not data:
+                continue
+            kinds = sorted({k for lb, _, k in data if lb == 1})
+            for kind in ["all", *kinds] if len(kinds) > 1 else kinds:
+                sel = [(lb, s) for lb, s, k in data if lb == 0 or kind == "all" or k == kind]
+                y, s = [a for a, _ in sel], [b for _, b in sel]
+                m = detection_metrics(y, s, self.threshold)
+                rows.append({"level": level, "fakes": kind, "seen_in_training": self._seen(kind), **m})
+                if level == "image":
+                    curves[kind] = (y, s)
+        return rows, curves
+
+    def run(self) -> list[dict]:
+        records = self.score()
+        rows, curves = self.rows(records)
+        if not rows:
+            raise InputFileError(self.dataset.dataset_dir / "dataset.json", "evaluation needs 'label' in the entries")
+        self.write_report(records, {"metrics": rows, "train_kinds": self.train_kinds})
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in _COLUMNS})
+        atomic_write_text(self.output_dir / "metrics.csv", buf.getvalue())
+
+        def fmt(v):
+            return "n/a" if isinstance(v, float) and math.isnan(v) else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+        md = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+        md += ["| " + " | ".join(fmt(r[k]) for k in _COLUMNS) + " |" for r in rows]
+        head = f"# Detection metrics{': ' + self.title if self.title else ''}\n\n"
+        head += f"Checkpoint `{self.checkpoint}`; trained on fakes: {self.train_kinds or 'all kinds'}.\n\n"
+        atomic_write_text(self.output_dir / "metrics.md", head + "\n".join(md) + "\n")
+        roc_png(curves, self.output_dir / "roc.png", title=self.title or "real vs fake (image level)")
+        self.write_heatmaps(records)
+        for r in rows:
+            logger.info("%s level, fakes=%s (seen: %s): AUC %.4f AP %.4f EER %.4f ACC %.4f", r["level"], r["fakes"],
+                        r["seen_in_training"], r["auc"], r["ap"], r["eer"], r["acc"])
+        return rows
+
+
+def log_trainable(network: nn.Module) -> tuple[int, int]:
+    """Log and return the trainable and total parameter counts of ``network``."""
+    trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in network.parameters())
+    logger.info("%s: %d trainable of %d parameters (%.2f%%)", type(network).__name__, trainable, total,
+                100.0 * trainable / max(total, 1))
+    return trainable, total
