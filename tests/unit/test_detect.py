@@ -1,0 +1,237 @@
+"""Detection: metrics, tampering transforms (2D and 3D), forgery data sets, checkpoint checks, scoring and evaluation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from parameterized import parameterized
+
+from trust_monai.detect.metrics import (
+    accuracy,
+    aggregate_scores,
+    average_precision,
+    detection_metrics,
+    equal_error_rate,
+    roc_auc,
+    roc_curve,
+)
+from trust_monai.errors import InputFileError
+from trust_monai.transforms.forgery import (
+    CopyMoveForgery,
+    CopyMoveForgeryd,
+    FaceSwap,
+    FaceSwapd,
+    SelfBlend,
+    SelfBlendd,
+)
+
+TINY_NET = dict(embed_dim=32, depth=2, num_heads=2, img_size=32, patch_size=8, lora_ranks=(2, 4))
+
+
+class TestMetrics:
+    @parameterized.expand([
+        ([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], 1.0, 1.0, 0.0),
+        ([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1], 0.0, 5 / 12, 1.0),
+        ([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5], 0.5, 0.5, 0.5),
+        ([0, 1, 0, 1], [0.1, 0.3, 0.35, 0.8], 0.75, 5 / 6, 0.5),
+    ])
+    def test_known_values(self, y, s, auc, ap, eer):
+        assert roc_auc(y, s) == pytest.approx(auc)
+        assert average_precision(y, s) == pytest.approx(ap)
+        assert equal_error_rate(y, s) == pytest.approx(eer)
+
+    def test_auc_equals_pairwise_probability(self):
+        rng = np.random.RandomState(0)
+        y = rng.randint(0, 2, 200)
+        s = np.round(rng.rand(200) + 0.3 * y, 2)  # rounding makes ties
+        pos, neg = s[y == 1], s[y == 0]
+        pairwise = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+        assert roc_auc(y, s) == pytest.approx(pairwise)
+        fpr, tpr, _ = roc_curve(y, s)
+        assert np.trapezoid(tpr, fpr) == pytest.approx(pairwise)
+
+    def test_accuracy_and_degenerate(self):
+        assert accuracy([0, 1, 1], [0.2, 0.5, 0.4]) == pytest.approx(2 / 3)
+        m = detection_metrics([1, 1], [0.3, 0.9])
+        assert np.isnan(m["auc"]) and m["n_real"] == 0 and m["n_fake"] == 2
+
+    @parameterized.expand([("max", 0.9), ("mean", 0.4), ("topk", 0.7)])
+    def test_aggregate(self, how, expected):
+        assert aggregate_scores([0.1, 0.2, 0.5, 0.9, 0.3], how, k=2) == pytest.approx(expected)
+
+
+def _phantom(shape, seed=0):
+    """A bright disc / ball of tissue with texture on a dark background, values in [0, 1]."""
+    rng = np.random.RandomState(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    r = np.sqrt(sum(g**2 for g in grids))
+    img = (r < 0.8) * (0.5 + 0.3 * np.sin(6 * grids[0]) * np.cos(5 * grids[1])) + 0.05 * rng.rand(*shape)
+    return np.clip(img, 0, 1).astype(np.float32)[None]
+
+
+SHAPES = [((40, 36),), ((20, 22, 18),)]
+
+
+class TestForgeryTransforms:
+    @parameterized.expand(SHAPES)
+    def test_copy_move_inject_and_remove(self, shape):
+        img = _phantom(shape)
+        for mode in ("inject", "remove"):
+            t = CopyMoveForgery(mode).set_random_state(3)
+            out = t(img)
+            assert out.shape == img.shape and out.dtype == img.dtype and out.min() >= 0 and out.max() <= 1
+            alpha = t.last_mask
+            assert np.abs(out - img).max() > 0.05  # something was moved
+            assert np.allclose(out[0][alpha == 0], img[0][alpha == 0])  # only inside the blending mask
+            assert np.array_equal(CopyMoveForgery(mode).set_random_state(3)(img), out)  # seeded
+
+    def test_copy_move_uses_lesion_mask(self):
+        img = _phantom((48, 48))
+        lesion = np.zeros((48, 48), bool)
+        lesion[10:16, 30:36] = True
+        img[0][lesion] = 1.0
+        t = CopyMoveForgery("remove", sigma=(1.0, 1.0)).set_random_state(0)
+        out = t(img, lesion[None])
+        assert t.last_mask[lesion].min() > 0.5  # the lesion is covered
+        assert out[0][lesion].mean() < 0.9
+
+    @parameterized.expand(SHAPES)
+    def test_self_blend(self, shape):
+        img = _phantom(shape)
+        t = SelfBlend().set_random_state(1)
+        out = t(torch.as_tensor(img))
+        assert isinstance(out, torch.Tensor) and tuple(out.shape) == img.shape
+        diff = (out.numpy() - img)[0]
+        assert np.abs(diff).max() > 0.01 and np.allclose(diff[t.last_mask == 0], 0, atol=1e-6)
+
+    @parameterized.expand(SHAPES)
+    def test_face_swap_matches_statistics(self, shape):
+        img, donor = _phantom(shape, 0), np.clip(_phantom(shape, 1) * 0.5 + 0.4, 0, 1)
+        t = FaceSwap(sigma=(0.01, 0.01)).set_random_state(2)
+        out = t(img, donor)
+        inside = t.last_mask > 0.99
+        assert abs(out[0][inside].mean() - img[0][inside].mean()) < 0.03  # colour transfer to the target's statistics
+        assert not np.allclose(out[0][inside], img[0][inside])
+
+    def test_dict_versions(self):
+        img = _phantom((32, 32))
+        d = {"image": img, "lesion": np.zeros_like(img), "donor": _phantom((32, 32), 5)}
+        for t in (CopyMoveForgeryd("image", lesion_key="lesion"), SelfBlendd("image"), FaceSwapd("image")):
+            out = t.set_random_state(0)(dict(d))
+            assert out["image"].shape == img.shape and out["forgery_mask"].shape == img.shape
+            assert not np.array_equal(out["image"], img)
+        assert np.array_equal(SelfBlendd("image", prob=0.0)(dict(d))["image"], img)
+
+
+def _tiny_forgery_set(root: Path, three_d: bool = False) -> Path:
+    """A hand-made real / fake set: NIfTI slices (or volumes with slice labels) and a dataset.json."""
+    from trust_monai.data.sources._common import write_nifti
+
+    entries = {"training": [], "test": []}
+    for split, n in (("training", 6), ("test", 4)):
+        for i in range(n):
+            img = _phantom((32, 32, 5) if three_d else (32, 32), seed=i)[0]
+            fake = SelfBlend().set_random_state(i)(img[None])[0]
+            for label, a, kind in ((0, img, "real"), (1, fake, "self_blend")):
+                rel = f"{split}/{kind}_{i}.nii.gz"
+                write_nifti(root / rel, a, np.eye(4))
+                group = f"v{i}" if three_d else f"v{i // 2}"  # slices: two per volume; volumes: their own group
+                e = {"image": rel, "label": label, "kind": kind, "volume": group + (":f" if label else "")}
+                if three_d:
+                    e["slice_labels"] = [label] * 5
+                entries[split].append(e)
+    (root / "dataset.json").write_text(json.dumps({"classes": ["real", "fake"], **entries}))
+    return root
+
+
+class TestDetectionEngine:
+    def _net(self):
+        from trust_monai.networks.moe_vit import MoEViT
+
+        torch.manual_seed(0)
+        return MoEViT(**TINY_NET)
+
+    @parameterized.expand([(False,), (True,)])
+    def test_evaluation_writes_metrics_report_and_pictures(self, three_d, tmp_path=None):
+        import tempfile
+
+        from trust_monai.detect.data import ForgeryDataset
+        from trust_monai.detect.engine import DetectionEvaluation
+        from trust_monai.utils.checkpoint import save_state_dict
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            data = _tiny_forgery_set(tmp / "data", three_d)
+            net = self._net()
+            save_state_dict(net.state_dict(), tmp / "m.pt")
+            ds = ForgeryDataset(data, "test")
+            rows = DetectionEvaluation(net, tmp / "m.pt", ds, tmp / "out", heatmaps=2, train_kinds=["copy_move"]).run()
+            assert {"metrics.csv", "metrics.md", "roc.png", "report.json", "heatmaps.png"} <= {
+                p.name for p in (tmp / "out").iterdir()}
+            levels = {r["level"] for r in rows}
+            assert levels == ({"image", "slice"} if three_d else {"image", "volume"})
+            assert all(r["seen_in_training"] == "no" for r in rows)  # self_blend was not in train_kinds
+            report = json.loads((tmp / "out" / "report.json").read_text())
+            assert len(report["images"]) == 8 and all(0 <= r["score"] <= 1 for r in report["images"])
+            if three_d:
+                r = report["images"][0]
+                assert len(r["slice_scores"]) == 5 and r["score"] == pytest.approx(
+                    aggregate_scores(r["slice_scores"], "topk", 3), abs=1e-5)
+            with open(tmp / "out" / "metrics.csv") as f:
+                assert len(list(csv.DictReader(f))) == len(rows)
+
+    def test_unrolled_volumes_give_slice_labels(self):
+        import tempfile
+
+        from trust_monai.detect.data import ForgeryDataset
+
+        with tempfile.TemporaryDirectory() as tmp:
+            ds = ForgeryDataset(_tiny_forgery_set(Path(tmp), True), "training", unroll=True)
+            assert len(ds) == 12 * 5 and ds[0]["image"].shape == (1, 32, 32)
+            assert sorted(set(ds.labels)) == [0, 1] and ds.class_weights().tolist() == [1.0, 1.0]
+
+    def test_mismatched_checkpoint_names_keys(self, tmp_path):
+        from trust_monai.detect.engine import load_detector
+        from trust_monai.networks.moe_vit import MoEViT
+        from trust_monai.utils.checkpoint import save_state_dict
+
+        save_state_dict(MoEViT(**{**TINY_NET, "lora_ranks": (2, 4, 8)}).state_dict(), tmp_path / "m.pt")
+        with pytest.raises(InputFileError, match=r"unexpected .*lora_a\.2") as e:
+            load_detector(self._net(), tmp_path / "m.pt")
+        assert "m.pt" in str(e.value) and "experts" in str(e.value)
+        with pytest.raises(InputFileError, match="not found"):
+            load_detector(self._net(), tmp_path / "none.pt")
+
+    def test_corrupt_file_fails_before_anything(self, tmp_path):
+        from trust_monai.detect.data import ForgeryDataset
+
+        data = _tiny_forgery_set(tmp_path / "data")
+        bad = data / "test" / "real_2.nii.gz"
+        bad.write_bytes(b"\x00corrupt")
+        with pytest.raises(InputFileError, match="real_2.nii.gz"):
+            ForgeryDataset(data, ["training", "test"])
+
+    def test_moe_loss_adds_balance_term(self):
+        from trust_monai.detect.engine import MoELoss
+
+        net = self._net().train()
+        logits = net(torch.rand(4, 1, 32, 32))
+        y = torch.tensor([0, 1, 0, 1])
+        plain = torch.nn.functional.cross_entropy(logits, y)
+        assert MoELoss(net, 0.5)(logits, y).item() == pytest.approx((plain + 0.5 * net.balance_loss()).item(), rel=1e-5)
+
+
+def test_face_forgery_set(tmp_path):
+    from trust_monai.detect.data import ForgeryDataset, prepare_face_forgery
+
+    root = prepare_face_forgery(fakes_per_image=1, max_per_split=3, root=tmp_path)
+    doc = json.loads((root / "dataset.json").read_text())
+    kinds = [e["kind"] for e in doc["training"]]
+    assert kinds.count("real") == 3 and kinds.count("self_blend") == 3 and kinds.count("face_swap") == 3
+    ds = ForgeryDataset(root, "test", kinds=["face_swap"])
+    assert len(ds) == 6 and ds[0]["image"].shape == (1, 25, 25) and 0 <= float(ds[0]["image"].min())
