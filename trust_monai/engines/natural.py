@@ -460,8 +460,12 @@ class PoisonWriter(Evaluator):
         self._stats: list[dict] = []
         from ..utils.fileio import sha256_file
 
-        self._noise_hash = sha256_file(self.noise_file) if self.noise_file else self.poison.name
-        self.logger.info(f"writing {self.poison.name}-poisoned copy of {self.dataset_dir} into {self.output_dir}")
+        if self.noise_file:
+            self._noise_hash = sha256_file(self.noise_file)
+        else:  # a built operator (a purifier, a squeeze) names its own weights / settings
+            self._noise_hash = self.poison.fingerprint() if hasattr(self.poison, "fingerprint") else self.poison.name
+        self._verb = "purified" if getattr(self.poison, "mode", "") == "purify" else "poisoned"
+        self.logger.info(f"writing {self.poison.name}-{self._verb} copy of {self.dataset_dir} into {self.output_dir}")
 
     def _iteration(self, engine, batchdata: dict) -> dict:
         assert self.manifest is not None
@@ -514,8 +518,8 @@ class PoisonWriter(Evaluator):
         src = json.loads(datalist_path.read_text())
         out = {k: v for k, v in src.items() if not (isinstance(v, list) and v and isinstance(v[0], dict))}
         out.update(self._sections)
-        out["description"] = f"{src.get('description', self.dataset_dir.name)} - training split poisoned with " \
-                             f"{self.poison.name} by trust_monai ue_natural; test split copied unpoisoned"
+        out["description"] = f"{src.get('description', self.dataset_dir.name)} - training split {self._verb} with " \
+                             f"{self.poison.name} by trust_monai {self.bundle}; test split copied unchanged"
         text = json.dumps(out, indent=1) + "\n"
         target = self.output_dir / "dataset.json"
         if not target.is_file() or target.read_text() != text:
@@ -711,14 +715,15 @@ class VictimEvaluation:
 
     def run(self) -> dict[str, float]:
         """Train every victim and write the results; returns ``{condition: final clean test accuracy}``."""
-        for name, d in self.poisoned.items():
-            if not (d / "dataset.json").is_file():
-                if self.writer is None or len(self.poisoned) > 1:
-                    raise BundleError(f"{d} has no dataset.json; write it first with the bundle's inference.json "
-                                      f"(--output_dir {d})")
-                logger.info(f"{d} has no poisoned dataset yet: writing it first")
-                self.writer.output_dir = d.resolve()
-                self.writer.run()
+        missing = [d for d in self.poisoned.values() if not (d / "dataset.json").is_file()]
+        for d in missing:
+            # the writer fills the one folder it is meant for (several missing folders: ambiguous, so refuse)
+            if self.writer is None or len(missing) > 1:
+                raise BundleError(f"{d} has no dataset.json; write it first with the bundle's inference.json "
+                                  f"(--output_dir {d})")
+            logger.info(f"{d} has no dataset yet: writing it first")
+            self.writer.output_dir = d.resolve()
+            self.writer.run()
         test_ds = ImageClassificationDataset(self.dataset_dir, "test", self.max_test, self.in_channels, self.progress)
         conditions = ([("clean", self.dataset_dir)] if self.train_clean else []) + list(self.poisoned.items())
         for name, d in conditions:

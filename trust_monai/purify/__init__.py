@@ -1,1 +1,13 @@
-"""trust_monai.purify"""
+"""trust_monai.purify: remove unlearnable perturbations before training.
+
+- :mod:`~trust_monai.purify.dvae`: two-stage D-VAE purification (training, and the purifier used by writers);
+- :mod:`~trust_monai.purify.defences`: ISS squeezes and the VAE ablations under one ``apply(x, index, y)`` interface.
+"""
+
+from .defences import DEFENCES, SqueezeDefence, make_defence
+from .dvae import DVAEPurifier, DVAETrainer, StageOutputs, TwoStagePurification, check_labels, dvae_loss
+
+__all__ = [
+    "DEFENCES", "SqueezeDefence", "make_defence", "DVAEPurifier", "DVAETrainer", "StageOutputs",
+    "TwoStagePurification", "check_labels", "dvae_loss",
+]
