@@ -123,6 +123,9 @@ class NoisyTrainer(SupervisedTrainer):
     def _iteration(self, engine, batchdata: dict) -> dict:
         x = batchdata[Keys.IMAGE].to(engine.state.device, non_blocking=self.non_blocking).float()
         y = batchdata[Keys.LABEL].to(engine.state.device, non_blocking=self.non_blocking)
+        # plain tensors: MetaTensor's reshapes in the dual split would carry (wrong) geometry along
+        x = x.as_tensor() if hasattr(x, "as_tensor") else x
+        y = y.as_tensor() if hasattr(y, "as_tensor") else y
         y = y.long() if y.ndim == 1 else y
         self.network.train()
         self.optimizer.zero_grad(set_to_none=self.optim_set_to_none)
@@ -381,9 +384,17 @@ def load_cifar10(root, train: bool = False) -> tuple[np.ndarray, np.ndarray]:
     class _Safe(pickle.Unpickler):
         def find_class(self, module, name):
             if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in ("_reconstruct", "scalar"):
-                return getattr(__import__("numpy.core.multiarray", fromlist=[name]), name)
+                try:
+                    from numpy._core import multiarray
+                except ImportError:  # numpy < 2
+                    from numpy.core import multiarray
+                return getattr(multiarray, name)
             if module == "numpy" and name in ("ndarray", "dtype"):
                 return getattr(np, name)
+            if module == "_codecs" and name == "encode":  # how protocol-2 pickles store raw bytes
+                import codecs
+
+                return codecs.encode
             raise pickle.UnpicklingError(f"refused global {module}.{name}")
 
     xs, ys = [], []
