@@ -1,0 +1,183 @@
+"""D-VAE network, loss, two-stage training bookkeeping, ISS squeezes and defences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from parameterized import parameterized
+
+from trust_monai.errors import DatalistError, TrustMonaiError
+from trust_monai.networks.dvae import DVAE
+from trust_monai.purify import DVAEPurifier, TwoStagePurification, dvae_loss, make_defence
+from trust_monai.transforms.squeeze import (
+    BitDepthReduce,
+    BitDepthReduced,
+    Grayscale,
+    JPEGCompress,
+    JPEGCompressd,
+)
+
+NET_CASES = [
+    # spatial_dims, channels, image shape, labels: "class" (B,) or "map" (B, 1, *spatial)
+    (2, (8, 16), (1, 28, 28), "class"),
+    (2, (8, 16, 16), (3, 30, 26), "class"),  # odd sizes: padded inside, cropped back
+    (2, (8, 16), (1, 32, 32), "map"),
+    (3, (4, 8), (1, 15, 16, 17), "map"),
+]
+
+
+@parameterized.expand(NET_CASES)
+def test_dvae_shapes(spatial_dims, channels, shape, labels):
+    torch.manual_seed(0)
+    net = DVAE(spatial_dims, shape[0], num_classes=4, channels=channels, latent_channels=4,
+               latent_size=7 if labels == "class" and spatial_dims == 2 else None)
+    x = torch.rand(2, *shape)
+    y = torch.randint(0, 4, (2,)) if labels == "class" else torch.randint(0, 4, (2, 1, *shape[1:]))
+    with torch.no_grad():
+        rec, pert, mu, logvar = net.decompose(x, y)
+    assert rec.shape == pert.shape == x.shape
+    assert mu.shape == logvar.shape and mu.shape[1] == 4
+    assert 0 <= float(rec.min()) and float(rec.max()) <= 1
+    out = net(x)  # single-tensor inference form: deterministic reconstruction from the latent mean
+    assert out.shape == x.shape and torch.equal(out, net(x))
+
+
+def test_label_map_paints_class_vectors():
+    """A one-class label map paints exactly that class's vector over the latent grid."""
+    net = DVAE(2, 1, num_classes=3, channels=(4, 8), latent_channels=2)
+    with torch.no_grad():
+        net.class_embedding.copy_(torch.arange(3.0).view(3, 1, 1, 1).expand_as(net.class_embedding))
+    lab = torch.full((1, 1, 8, 8), 2)
+    e = net._embedding(lab, torch.Size([4, 4]))
+    assert torch.allclose(e, torch.full_like(e, 2.0))
+    lab[..., :4] = 0  # left half class 0
+    e = net._embedding(lab, torch.Size([4, 4]))
+    assert torch.allclose(e[..., :2], torch.zeros(1, 8, 4, 2)) and torch.allclose(e[..., 2:], torch.full((1, 8, 4, 2), 2.0))
+
+
+def test_plain_vae_has_no_perturbation():
+    net = DVAE(2, 1, 10, channels=(4, 8), perturbation=False)
+    rec, pert, _, _ = net.decompose(torch.rand(2, 1, 8, 8))
+    assert pert is None and rec.shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="needs labels"):
+        DVAE(2, 1, 10, channels=(4, 8)).decompose(torch.rand(1, 1, 8, 8))
+
+
+def test_rate_constraint_is_a_hinge():
+    """Below the target rate the KL term has no gradient; above it, it pulls the posterior back."""
+    x = torch.rand(2, 1, 4, 4)
+    rec = x.clone()
+    for scale, has_grad in ((0.01, False), (3.0, True)):
+        mu = torch.full((2, 3, 2, 2), scale, requires_grad=True)
+        logvar = torch.zeros(2, 3, 2, 2, requires_grad=True)
+        loss, parts = dvae_loss(x, rec, None, mu, logvar, rate_target=1.0, rate_weight=1.0)
+        loss.backward()
+        assert (mu.grad.abs().sum() > 0) == has_grad
+        # rate in nats per latent position: 0.5 * sum_c mu^2 with unit variance
+        assert parts["rate"] == pytest.approx(0.5 * 3 * scale**2, rel=1e-3)
+
+
+def test_perturbation_floor():
+    x = torch.rand(1, 1, 4, 4)
+    mu, logvar = torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2)
+    small = torch.full_like(x, 0.01, requires_grad=True)  # energy 1e-4 < floor: no push towards zero
+    loss, _ = dvae_loss(x, x, small, mu, logvar, 1.0, 0.0, perturbation_floor=0.002)
+    big = torch.full_like(x, 0.2, requires_grad=True)
+    loss_big, _ = dvae_loss(x, x, big, mu, logvar, 1.0, 0.0, perturbation_floor=0.002)
+    assert float(loss_big) > float(loss)
+
+
+def _tiny_dataset(n=24, size=8, labels=True, odd_one=False):
+    items = []
+    for i in range(n):
+        s = size + 2 if odd_one and i == n - 1 else size
+        item = {"image": torch.rand(1, s, s), "path": f"img{i}.png"}
+        if labels:
+            item["label"] = torch.tensor(i % 3)
+        items.append(item)
+    return items
+
+
+def test_two_stage_training_resumes(tmp_path):
+    factory = lambda: DVAE(2, 1, 3, channels=(4, 8), latent_channels=2, latent_size=4)  # noqa: E731
+    kw = dict(ckpt_dir=tmp_path, max_epochs=1, stages=2, batch_size=8, progress=False)
+    paths = TwoStagePurification(_tiny_dataset(), factory, **kw).run()
+    assert [p.name for p in paths] == ["dvae_stage1.pt", "dvae_stage2.pt"]
+    mtimes = [p.stat().st_mtime_ns for p in paths]
+    TwoStagePurification(_tiny_dataset(), factory, **kw).run()  # same data and settings: reused
+    assert [p.stat().st_mtime_ns for p in paths] == mtimes
+    purifier = make_defence("dvae", factory, paths)
+    x = torch.rand(4, 1, 8, 8)
+    out = purifier.apply(x, None, torch.tensor([0, 1, 2, 0]))
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert isinstance(purifier, DVAEPurifier) and len(purifier.fingerprint()) == 33
+
+
+def test_missing_labels_and_mixed_sizes_fail_before_training(tmp_path):
+    factory = lambda: DVAE(2, 1, 3, channels=(4, 8))  # noqa: E731
+    with pytest.raises(DatalistError, match="img0.png"):
+        TwoStagePurification(_tiny_dataset(labels=False), factory, tmp_path, progress=False).run()
+    with pytest.raises(DatalistError, match="img23.png"):
+        TwoStagePurification(_tiny_dataset(odd_one=True), factory, tmp_path, progress=False).run()
+    assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------ squeezes
+
+SQUEEZE_CASES = [
+    (JPEGCompress(10), (1, 28, 28)),
+    (JPEGCompress(10), (3, 32, 32)),
+    (JPEGCompress(10), (1, 16, 16, 5)),  # 3D: slice by slice
+    (BitDepthReduce(2), (1, 28, 28)),
+    (BitDepthReduce(2), (1, 8, 8, 8)),
+    (Grayscale(), (3, 16, 16)),
+]
+
+
+@parameterized.expand(SQUEEZE_CASES)
+def test_squeeze_shape_range_type(op, shape):
+    rng = np.random.default_rng(0)
+    x = rng.random(shape).astype(np.float32)
+    for img in (x, torch.from_numpy(x)):
+        out = op(img)
+        assert type(out) is type(img) and tuple(out.shape) == shape
+        o = np.asarray(out)
+        assert o.min() >= 0 and o.max() <= 1 and not np.allclose(o, x)
+
+
+def test_bit_depth_levels_and_grayscale_channels():
+    x = torch.rand(1, 32, 32)
+    assert len(torch.unique(BitDepthReduce(2)(x))) <= 4
+    rgb = torch.rand(3, 8, 8)
+    g = Grayscale()(rgb)
+    assert torch.allclose(g[0], g[1]) and torch.allclose(g[1], g[2])
+    grey = torch.rand(1, 8, 8)
+    assert Grayscale()(grey) is grey
+
+
+def test_jpeg_removes_high_frequency_noise_more_than_content():
+    """JPEG-10 on a real image: the change it makes to a +-8/255 checkerboard is mostly the checkerboard."""
+    from skimage.data import camera
+
+    img = torch.from_numpy(camera()[::4, ::4].astype(np.float32) / 255.0)[None]
+    yy, xx = torch.meshgrid(torch.arange(img.shape[1]), torch.arange(img.shape[2]), indexing="ij")
+    noise = ((yy + xx) % 2 * 2 - 1).float()[None] * 8 / 255
+    poisoned = (img + noise).clamp(0, 1)
+    out = JPEGCompress(10)(poisoned)
+    left = float(((out - img) * noise).sum() / noise.pow(2).sum())  # share of the noise still in the output
+    assert left < 0.2
+
+
+def test_dict_twins_and_bad_input():
+    d = {"image": torch.rand(1, 8, 8), "label": 1}
+    assert JPEGCompressd("image")(d)["image"].shape == (1, 8, 8)
+    assert len(torch.unique(BitDepthReduced("image", bits=1)(d)["image"])) <= 2
+    with pytest.raises(TrustMonaiError, match="NaN"):
+        JPEGCompress()(torch.full((1, 4, 4), float("nan")))
+    with pytest.raises(TrustMonaiError, match="channel-first"):
+        BitDepthReduce()(torch.rand(4, 4))
+    with pytest.raises(TrustMonaiError, match="quality"):
+        JPEGCompress(0)
+    with pytest.raises(TrustMonaiError, match="unknown defence"):
+        make_defence("median")
