@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Attack x defence matrix for natural images: victim clean test accuracy after each defence against each poison.
+
+For every attack (a poisoned copy of the training split, made by ``bundles/ue_natural`` or given as a folder) and
+every defence (``none``, ISS squeezes, plain low-rate VAE, D-VAE stage 1, two-stage D-VAE from ``bundles/dvae_natural``)
+the defended training set is written with the bundles' own configs, a fresh victim ResNet is trained on it, and its
+accuracy on the clean test split is recorded. Cells already in ``WORK/matrix.csv`` are skipped, so a rerun resumes.
+
+Writes ``WORK/matrix.csv`` (one row per cell), ``WORK/matrix.md`` and ``WORK/matrix.png`` (heatmap).
+
+    python scripts/purify_matrix.py --work /tmp/purify_matrix [--grid configs/grids/purify_matrix.json] \
+        [--attack_dir lsp=/path/to/lsp_poisoned ...] [--only_attacks lsp,ar] [--only_defences none,dvae]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = ["attack", "defence", "clean_test_acc", "n_train", "victim_epochs", "train_dir", "seconds"]
+
+
+def _bundle(name: str, config: str, **overrides) -> None:
+    """Run one bundle config as a user would (``python -m monai.bundle run``)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(ROOT / "bundles" / name / "configs" / f"{config}.json")]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def _read(path: Path) -> list[dict]:
+    return list(csv.DictReader(path.open())) if path.is_file() else []
+
+
+def _write(rows: list[dict], work: Path, attacks: list[str], defences: list[str]) -> None:
+    from trust_monai.utils.fileio import atomic_path, atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(work / "matrix.csv", buf.getvalue())
+    acc = {(r["attack"], r["defence"]): float(r["clean_test_acc"]) * 100 for r in rows}
+    md = ["| attack \\ defence | " + " | ".join(defences) + " |", "|---" * (len(defences) + 1) + "|"]
+    for a in attacks:
+        md.append(f"| {a} | " + " | ".join(f"{acc[(a, d)]:.2f}" if (a, d) in acc else "-" for d in defences) + " |")
+    atomic_write_text(work / "matrix.md", "\n".join(md) + "\n\nVictim clean test accuracy (%).\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = np.full((len(attacks), len(defences)), np.nan)
+    for i, a in enumerate(attacks):
+        for j, d in enumerate(defences):
+            grid[i, j] = acc.get((a, d), np.nan)
+    fig, ax = plt.subplots(figsize=(1.4 * len(defences) + 2, 0.8 * len(attacks) + 1.5))
+    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100)
+    ax.set_xticks(range(len(defences)), defences, rotation=30, ha="right")
+    ax.set_yticks(range(len(attacks)), attacks)
+    for i in range(len(attacks)):
+        for j in range(len(defences)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="w" if grid[i, j] < 60 else "k")
+    ax.set_xlabel("defence")
+    ax.set_ylabel("attack")
+    fig.colorbar(im, ax=ax, label="victim clean test accuracy (%)")
+    ax.set_title("attack x defence")
+    fig.tight_layout()
+    with atomic_path(work / "matrix.png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", required=True, help="folder for poisoned / defended datasets, checkpoints and results")
+    p.add_argument("--grid", default=str(ROOT / "configs" / "grids" / "purify_matrix.json"))
+    p.add_argument("--attack_dir", action="append", default=[], help="NAME=FOLDER: use an existing poisoned dataset")
+    p.add_argument("--only_attacks", default="", help="comma-separated subset of the grid's attacks")
+    p.add_argument("--only_defences", default="", help="comma-separated subset of the grid's defences")
+    args = p.parse_args(argv)
+
+    grid = json.loads(Path(args.grid).read_text())
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    attacks = [a for a in grid["attacks"] if not args.only_attacks or a in args.only_attacks.split(",")]
+    defences = [d for d in grid["defences"] if not args.only_defences or d in args.only_defences.split(",")]
+    given = dict(s.split("=", 1) for s in args.attack_dir)
+    n_train, epochs, seed = int(grid["max_train"]), int(grid["victim_epochs"]), int(grid.get("seed", 0))
+
+    import torch
+
+    import trust_monai.data as data
+    from trust_monai.engines.natural import VictimEvaluation
+    from trust_monai.networks import SmallResNet
+
+    clean = data.prepare(grid.get("clean_dataset", "fashion_mnist"))
+    rows = _read(work / "matrix.csv")
+    done = {(r["attack"], r["defence"]) for r in rows}
+    for attack in attacks:
+        spec = grid["attacks"][attack]
+        if attack == "none":
+            src = Path(clean)
+        elif attack in given:
+            src = Path(given[attack])
+        else:  # make the poisoned copy with the protect bundle
+            src = work / "attacks" / attack
+            if not (src / "dataset.json").is_file():
+                models = work / "attacks" / f"{attack}_models"
+                extra = grid.get("em_train_overrides", {}) if spec["poison"].startswith("em") else {}
+                _bundle(spec.get("bundle", "ue_natural"), "train", poison=spec["poison"], ckpt_dir=str(models),
+                        seed=seed, **extra)
+                _bundle(spec.get("bundle", "ue_natural"), "inference", poison=spec["poison"], ckpt_dir=str(models),
+                        output_dir=str(src), max_train=n_train, seed=seed)
+        models = work / "purifiers" / attack
+        for defence in defences:
+            if (attack, defence) in done:
+                continue
+            t0 = time.time()
+            if defence == "none":
+                train_dir = src
+            else:
+                train_dir = work / "defended" / attack / defence
+                if defence in ("vae", "dvae_stage1", "dvae"):
+                    _bundle("dvae_natural", "train", defence="dvae" if defence != "vae" else "vae",
+                            dataset_dir=str(src), ckpt_dir=str(models), max_train=n_train,
+                            epochs=int(grid["purifier_epochs"]), seed=seed)
+                _bundle("dvae_natural", "inference", defence=defence, dataset_dir=str(src), ckpt_dir=str(models),
+                        output_dir=str(train_dir), max_train=n_train, seed=seed)
+            ev = VictimEvaluation(
+                dataset_dir=clean, poisoned_dirs={f"{attack}/{defence}": train_dir}, output_dir=work / "victims" / attack / defence,
+                network_factory=lambda: SmallResNet(2, 1, 10, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1)),
+                epochs=epochs, max_train=n_train, max_test=int(grid.get("max_test", 0)) or None, train_clean=False,
+                device="cuda" if torch.cuda.is_available() else "cpu", seed=seed,
+            )
+            acc = ev.run()[f"{attack}/{defence}"]
+            rows.append({"attack": attack, "defence": defence, "clean_test_acc": f"{acc:.4f}", "n_train": n_train,
+                         "victim_epochs": epochs, "train_dir": str(train_dir), "seconds": f"{time.time() - t0:.0f}"})
+            _write(rows, work, attacks, defences)
+            print(f"[matrix] {attack} x {defence}: clean test accuracy {acc * 100:.2f}%", flush=True)
+    _write(rows, work, attacks, defences)
+    print((work / "matrix.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
