@@ -135,7 +135,8 @@ def main(argv=None) -> int:
                 train_dir = work / "defended" / attack / defence
                 if defence in ("vae", "dvae_stage1", "dvae"):
                     _bundle("dvae_natural", "train", defence="dvae" if defence != "vae" else "vae",
-                            dataset_dir=str(src), ckpt_dir=str(models), max_train=n_train,
+                            dataset_dir=str(src), ckpt_dir=str(models),
+                            max_train=int(grid.get("purifier_max_train", n_train)),
                             epochs=int(grid["purifier_epochs"]), seed=seed)
                 _bundle("dvae_natural", "inference", defence=defence, dataset_dir=str(src), ckpt_dir=str(models),
                         output_dir=str(train_dir), max_train=n_train, seed=seed)

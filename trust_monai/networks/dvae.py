@@ -12,12 +12,16 @@ __all__ = ["DVAE"]
 
 
 def _res(spatial_dims: int, cin: int, cout: int, strides: int = 1) -> nn.Module:
-    return ResidualUnit(spatial_dims, cin, cout, strides=strides, kernel_size=3, subunits=2, norm="instance", act="PRELU")
+    # one sub-unit and leaky ReLU: the purifier trains on every image of a dataset, and on CPUs PReLU's backward
+    # pass and a second sub-unit cost more than they add at these widths
+    return ResidualUnit(spatial_dims, cin, cout, strides=strides, kernel_size=3, subunits=1, norm="instance",
+                        act=("leakyrelu", {"negative_slope": 0.1}))
 
 
 def _up(spatial_dims: int, cin: int, cout: int) -> nn.Module:
     return Convolution(
-        spatial_dims, cin, cout, strides=2, kernel_size=3, is_transposed=True, norm="instance", act="PRELU"
+        spatial_dims, cin, cout, strides=2, kernel_size=3, is_transposed=True, norm="instance",
+        act=("leakyrelu", {"negative_slope": 0.1})
     )
 
 
@@ -146,8 +150,14 @@ class DVAE(nn.Module):
         if self.has_perturbation:
             if y is None:
                 raise ValueError("DVAE.decompose needs labels y for the perturbation branch")
-            e = self._embedding(y, f.shape[2:])
-            pert = self._crop(self.perturbation_decoder(f + e if self.samplewise_perturbation else e), size)
+            if not self.samplewise_perturbation and y.ndim == 1:
+                # a class-wise perturbation depends on the class only: decode each class once, then index
+                classes, inverse = torch.unique(y.long(), return_inverse=True)
+                pert = self.perturbation_decoder(self._embedding(classes, f.shape[2:]))[inverse]
+            else:
+                e = self._embedding(y, f.shape[2:])
+                pert = self.perturbation_decoder(f + e if self.samplewise_perturbation else e)
+            pert = self._crop(pert, size)
         return rec, pert, mu, logvar
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
