@@ -91,6 +91,10 @@ def main(argv=None) -> int:
     p.add_argument("--only_attacks", default="", help="comma-separated subset of the grid's attacks")
     p.add_argument("--only_defences", default="", help="comma-separated subset of the grid's defences")
     args = p.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("ignite").setLevel(logging.WARNING)
 
     grid = json.loads(Path(args.grid).read_text())
     work = Path(args.work).resolve()
