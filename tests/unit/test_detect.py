@@ -135,7 +135,7 @@ def _tiny_forgery_set(root: Path, three_d: bool = False) -> Path:
     entries = {"training": [], "test": []}
     for split, n in (("training", 6), ("test", 4)):
         for i in range(n):
-            img = _phantom((32, 32, 5) if three_d else (32, 32), seed=i)[0]
+            img = _phantom((32, 32, 4) if three_d else (32, 32), seed=i)[0]  # depth 4: not to be taken for RGBA
             fake = SelfBlend().set_random_state(i)(img[None])[0]
             for label, a, kind in ((0, img, "real"), (1, fake, "self_blend")):
                 rel = f"{split}/{kind}_{i}.nii.gz"
@@ -143,7 +143,7 @@ def _tiny_forgery_set(root: Path, three_d: bool = False) -> Path:
                 group = f"v{i}" if three_d else f"v{i // 2}"  # slices: two per volume; volumes: their own group
                 e = {"image": rel, "label": label, "kind": kind, "volume": group + (":f" if label else "")}
                 if three_d:
-                    e["slice_labels"] = [label] * 5
+                    e["slice_labels"] = [label] * 4
                 entries[split].append(e)
     (root / "dataset.json").write_text(json.dumps({"classes": ["real", "fake"], **entries}))
     return root
@@ -180,7 +180,7 @@ class TestDetectionEngine:
             assert len(report["images"]) == 8 and all(0 <= r["score"] <= 1 for r in report["images"])
             if three_d:
                 r = report["images"][0]
-                assert len(r["slice_scores"]) == 5 and r["score"] == pytest.approx(
+                assert len(r["slice_scores"]) == 4 and r["score"] == pytest.approx(
                     aggregate_scores(r["slice_scores"], "topk", 3), abs=1e-5)
             with open(tmp / "out" / "metrics.csv") as f:
                 assert len(list(csv.DictReader(f))) == len(rows)
@@ -192,7 +192,7 @@ class TestDetectionEngine:
 
         with tempfile.TemporaryDirectory() as tmp:
             ds = ForgeryDataset(_tiny_forgery_set(Path(tmp), True), "training", unroll=True)
-            assert len(ds) == 12 * 5 and ds[0]["image"].shape == (1, 32, 32)
+            assert len(ds) == 12 * 4 and ds[0]["image"].shape == (1, 32, 32)
             assert sorted(set(ds.labels)) == [0, 1] and ds.class_weights().tolist() == [1.0, 1.0]
 
     def test_mismatched_checkpoint_names_keys(self, tmp_path):

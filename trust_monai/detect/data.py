@@ -359,14 +359,16 @@ class ForgeryDataset(torch.utils.data.Dataset):
             base = {"label": label, "kind": str(e.get("kind", "real" if label == 0 else "unknown")),
                     "volume": str(e.get("volume", Path(e["image"]).name)), "path": e["image"],
                     "rel": Path(e["image"]).relative_to(self.dataset_dir).as_posix()}
-            if img.ndim == 3 and img.shape[-1] not in (3, 4) and unroll:
+            # a 3D array is a volume, except in a picture file, where the last axis holds the colour channels
+            picture = Path(e["image"]).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+            if img.ndim == 3 and not picture and unroll:
                 labels = e.get("slice_labels") or [label] * img.shape[-1]
                 for z in range(img.shape[-1]):
                     self.items.append({**base, "image": torch.from_numpy(img[None, ..., z].copy()),
                                        "label": int(labels[z]), "kind": base["kind"] if labels[z] else "real",
                                        "slice": z})
             else:
-                if img.ndim == 3 and img.shape[-1] in (3, 4):  # an RGB(A) picture: channels first
+                if img.ndim == 3 and picture:  # an RGB(A) picture: channels first
                     img = img[..., :3].transpose(2, 0, 1)
                     self.items.append({**base, "image": torch.from_numpy(np.ascontiguousarray(img))})
                 else:
@@ -394,6 +396,17 @@ class ForgeryDataset(torch.utils.data.Dataset):
         """Inverse class frequencies (real, fake), so each class weighs the same in the loss."""
         counts = torch.bincount(torch.tensor([max(lb, 0) for lb in self.labels]), minlength=2).float().clamp(min=1)
         return counts.sum() / (2 * counts)
+
+    def balanced_sampler(self, num_samples: int | None = None, seed: int = 0):
+        """Draw real and fake equally often: ``num_samples`` (default twice the smaller class) per epoch, with
+        replacement. Fakes of several kinds outnumber the reals; an epoch then sees every real about once and a fresh
+        draw of fakes, instead of the fakes' many near-copies of each real."""
+        labels = torch.tensor([max(lb, 0) for lb in self.labels])
+        counts = torch.bincount(labels, minlength=2).float().clamp(min=1)
+        n = int(num_samples) if num_samples else int(2 * counts.min().item())
+        gen = torch.Generator().manual_seed(int(seed))
+        return torch.utils.data.WeightedRandomSampler((1.0 / counts)[labels].double(), n, replacement=True,
+                                                      generator=gen)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -218,7 +218,9 @@ class DetectionInference:
                 img = img[..., z]
                 caption += f" z={z}"
             heat = saliency(self.network, img.to(self.device))
-            rows.append({"image": img.float().mean(0).cpu().numpy(), "heat": heat, "caption": caption})
+            picture = Path(r["image"]).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+            rows.append({"image": img.float().mean(0).cpu().numpy(), "heat": heat, "caption": caption,
+                         "voxel_order": not picture})
         return heatmap_png(rows, self.output_dir / "heatmaps.png")
 
     def run(self) -> list[dict]:

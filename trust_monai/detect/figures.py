@@ -58,7 +58,7 @@ def roc_png(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], path, t
 
 def heatmap_png(rows: Sequence[dict], path, title: str = "where the detector looks") -> Path:
     """A grid, one row per case: the image, and the saliency heatmap over it. ``rows`` items: ``image`` (2D array),
-    ``heat`` (2D array in [0, 1]), ``caption``."""
+    ``heat`` (2D array in [0, 1]), ``caption``, ``voxel_order`` (a scan array in (i, j) order: shown transposed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,11 +72,15 @@ def heatmap_png(rows: Sequence[dict], path, title: str = "where the detector loo
         ax.axis("off")
     for i, r in enumerate(rows):
         a, b = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
-        img = np.asarray(r["image"], np.float32)
-        a.imshow(img, cmap="gray", vmin=0, vmax=1)
+        img, heat = np.asarray(r["image"], np.float32), np.asarray(r["heat"], np.float32)
+        # scan arrays are (i, j) voxel order: shown transposed with the origin below, as radiology viewers do
+        view = dict(origin="lower") if r.get("voxel_order") else {}
+        if r.get("voxel_order"):
+            img, heat = img.T, heat.T
+        a.imshow(img, cmap="gray", vmin=0, vmax=1, **view)
         a.set_title(r.get("caption", ""), fontsize=6)
-        b.imshow(img, cmap="gray", vmin=0, vmax=1)
-        b.imshow(np.asarray(r["heat"]), cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+        b.imshow(img, cmap="gray", vmin=0, vmax=1, **view)
+        b.imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1, **view)
         b.set_title("saliency", fontsize=6)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
