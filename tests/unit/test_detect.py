@@ -176,6 +176,7 @@ class TestDetectionEngine:
             levels = {r["level"] for r in rows}
             assert levels == ({"image", "slice"} if three_d else {"image", "volume"})
             assert all(r["seen_in_training"] == "no" for r in rows)  # self_blend was not in train_kinds
+            assert {r["fakes"] for r in rows} == {"self_blend"}
             report = json.loads((tmp / "out" / "report.json").read_text())
             assert len(report["images"]) == 8 and all(0 <= r["score"] <= 1 for r in report["images"])
             if three_d:
@@ -235,3 +236,18 @@ def test_face_forgery_set(tmp_path):
     assert kinds.count("real") == 3 and kinds.count("self_blend") == 3 and kinds.count("face_swap") == 3
     ds = ForgeryDataset(root, "test", kinds=["face_swap"])
     assert len(ds) == 6 and ds[0]["image"].shape == (1, 25, 25) and 0 <= float(ds[0]["image"].min())
+
+
+def test_cross_manipulation_rows():
+    from trust_monai.detect.engine import DetectionEvaluation
+
+    rng = np.random.RandomState(0)
+    records = [{"image": f"{k}{i}", "volume": f"{k}{i}", "label": int(k != "real"), "kind": k,
+                "score": float(rng.rand() * 0.5 + (0.5 if k == "a" else 0.0))}
+               for k in ("real", "a", "b") for i in range(10)]
+    rows, curves = DetectionEvaluation(None, None, None, "unused", train_kinds=["a"]).rows(records)
+    by = {r["fakes"]: r for r in rows}
+    assert [r["fakes"] for r in rows] == ["all", "seen", "a", "b"] and set(curves) == set(by)
+    assert by["seen"]["seen_in_training"] == "yes" and by["b"]["seen_in_training"] == "no"
+    assert by["all"]["seen_in_training"] == "mixed"
+    assert by["seen"]["auc"] == by["a"]["auc"] == 1.0 and by["seen"]["n_fake"] == 10 and by["all"]["n_fake"] == 20

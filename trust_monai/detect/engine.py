@@ -238,8 +238,9 @@ class DetectionEvaluation(DetectionInference):
     """Score a labelled test set and write ``metrics.csv``, ``metrics.md``, ``roc.png`` (plus the report and heatmaps).
 
     Rows: every level present (``image``; ``slice`` for volumes with per-slice labels; ``volume`` when several
-    images share a volume id), once with all fakes and once per fake kind against all reals. ``train_kinds`` (the
-    kinds the checkpoint was trained on; ``None``: all) marks each kind seen or unseen, the cross-manipulation view.
+    images share a volume id), once with all fakes, once with the fakes of the seen kinds when some are unseen, and once
+    per fake kind, each against all reals. ``train_kinds`` (the kinds the checkpoint was trained on; ``None``: all)
+    marks each kind seen or unseen, the cross-manipulation view.
     """
 
     def __init__(self, *args, train_kinds: Sequence[str] | None = None, title: str = "", **kwargs):
@@ -248,6 +249,8 @@ class DetectionEvaluation(DetectionInference):
         self.title = title
 
     def _seen(self, kind: str) -> str:
+        if kind == "seen":
+            return "yes"
         if kind == "all":
             return "all" if self.train_kinds is None else "mixed"
         return "yes" if self.train_kinds is None or kind in self.train_kinds else "no"
@@ -268,13 +271,19 @@ class DetectionEvaluation(DetectionInference):
             if not data:
                 continue
             kinds = sorted({k for lb, _, k in data if lb == 1})
-            for kind in ["all", *kinds] if len(kinds) > 1 else kinds:
-                sel = [(lb, s) for lb, s, k in data if lb == 0 or kind == "all" or k == kind]
+            groups = [(k, {k}) for k in kinds]
+            if len(kinds) > 1:
+                groups.insert(0, ("all", set(kinds)))
+                seen = [k for k in kinds if self.train_kinds and k in self.train_kinds]
+                if seen and len(seen) < len(kinds):  # in-domain view of a cross-manipulation run
+                    groups.insert(1, ("seen", set(seen)))
+            for name, members in groups:
+                sel = [(lb, s) for lb, s, k in data if lb == 0 or k in members]
                 y, s = [a for a, _ in sel], [b for _, b in sel]
                 m = detection_metrics(y, s, self.threshold)
-                rows.append({"level": level, "fakes": kind, "seen_in_training": self._seen(kind), **m})
+                rows.append({"level": level, "fakes": name, "seen_in_training": self._seen(name), **m})
                 if level == "image":
-                    curves[kind] = (y, s)
+                    curves[name] = (y, s)
         return rows, curves
 
     def run(self) -> list[dict]:
