@@ -281,7 +281,8 @@ class CertifyClassification:
                 changed = True
             logger.info(f"certified {len(indices)} images with {method} (n0={n0}, n={n} per smoothed input) in "
                         f"{time.perf_counter() - t_method:.1f}s")
-        if changed or not (self.output_dir / "certify.csv").is_file():
+        outputs = ("certify.csv", "certified_accuracy.csv", "certified_accuracy.md", "certified_accuracy.png")
+        if changed or not all((self.output_dir / f).is_file() for f in outputs):
             self._write(rows)
         else:
             logger.info(f"every image was already certified with these settings; {self.output_dir} left unchanged")
@@ -540,7 +541,9 @@ class CertifySegmentation:
                 first = first or dst
             manifest.record(src, first, status="done", metrics=metrics)
             changed = True
-        if changed or not (self.output_dir / "certified_segmentation.png").is_file():
+        outputs = ("certify_cases.csv", "certified_segmentation.csv", "certified_segmentation.md",
+                   "certified_segmentation.png")
+        if changed or not all((self.output_dir / f).is_file() for f in outputs):
             self._write(rows, entries)
         else:
             logger.info(f"every case was already certified with these settings; {self.output_dir} left unchanged")
