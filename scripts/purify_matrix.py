@@ -99,8 +99,9 @@ def main(argv=None) -> int:
     grid = json.loads(Path(args.grid).read_text())
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    attacks = [a for a in grid["attacks"] if not args.only_attacks or a in args.only_attacks.split(",")]
-    defences = [d for d in grid["defences"] if not args.only_defences or d in args.only_defences.split(",")]
+    # a subset given on the command line also sets the order cells run in (the most wanted first)
+    attacks = [a for a in args.only_attacks.split(",") if a in grid["attacks"]] if args.only_attacks else list(grid["attacks"])
+    defences = [d for d in args.only_defences.split(",") if d in grid["defences"]] if args.only_defences else list(grid["defences"])
     given = dict(s.split("=", 1) for s in args.attack_dir)
     n_train, epochs, seed = int(grid["max_train"]), int(grid["victim_epochs"]), int(grid.get("seed", 0))
 
