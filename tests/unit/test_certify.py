@@ -246,3 +246,18 @@ class TestSegmentation:
         assert (labels == ABSTAIN).all()
         labels, _ = seg.certify(torch.zeros(1, 1, 2), 2, n, 4.01 * p, 10, tau=tau)
         assert (labels == 1).all()
+
+
+@parameterized.expand([("classification",), ("segmentation",)])
+def test_dataset_runners_refuse_bad_settings_when_configured(kind):
+    """The bundle engines check the Monte Carlo settings in their constructor: no data, checkpoint or output touched."""
+    from trust_monai.engines.certify import CertifyClassification, CertifySegmentation, SmoothingModels
+
+    models = SmoothingModels(lambda: torch.nn.Identity(), 2)
+    common = dict(dataset_dir="/nonexistent", output_dir="/nonexistent/out", models=models, checkpoint="/nonexistent.pt")
+    make = (lambda **kw: CertifyClassification(num_classes=10, **common, **kw)) if kind == "classification" else (
+        lambda **kw: CertifySegmentation(spatial_dims=2, num_classes=4, **common, **kw))
+    for bad, match in ((dict(n0=100, n=100), "n0"), (dict(alpha=1.5), "alpha"), (dict(n=200, batch_size=201), "batch"),
+                       (dict(sigma=-1.0), "sigma"), (dict(methods=["xyz"]), "method")):
+        with pytest.raises(TrustMonaiError, match=match):
+            make(**bad)

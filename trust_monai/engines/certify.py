@@ -169,6 +169,17 @@ class ModelSaver:
 # ------------------------------------------------------------------------------------------------ classification
 
 
+def _check_settings(runner) -> None:
+    """Refuse bad Monte Carlo settings when the run is configured, before data, checkpoint or output are touched."""
+    from ..certify.smooth import check_sampling_args, check_sigma
+
+    check_sigma(runner.sigma, runner.sigma_l, runner.sigma_r)
+    for m in runner.methods:
+        n0, n, bs = runner._budget(m)
+        check_sampling_args(runner.n0, runner.n, runner.alpha, runner.batch_size)
+        check_sampling_args(n0, n, runner.alpha, bs)
+
+
 def _settings_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -221,6 +232,7 @@ class CertifyClassification:
         for m in self.methods:
             if m not in ("rs", "drs"):
                 raise TrustMonaiError(f"unknown method {m!r}; use 'rs' and/or 'drs'")
+        _check_settings(self)
 
     def _budget(self, method: str) -> tuple[int, int, int]:
         if method == "drs" and self.equal_budget:
@@ -455,6 +467,10 @@ class CertifySegmentation:
         self.methods = [methods] if isinstance(methods, str) else list(methods)
         self.equal_budget, self.divisible, self.section = bool(equal_budget), int(divisible), section
         self.device, self.seed, self.overwrite, self.progress = torch.device(device), int(seed), overwrite, progress
+        for m in self.methods:
+            if m not in ("rs", "drs"):
+                raise TrustMonaiError(f"unknown method {m!r}; use 'rs' and/or 'drs'")
+        _check_settings(self)
 
     def _budget(self, method: str) -> tuple[int, int, int]:
         if method == "drs" and self.equal_budget:
