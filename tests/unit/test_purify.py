@@ -181,3 +181,68 @@ def test_dict_twins_and_bad_input():
         JPEGCompress(0)
     with pytest.raises(TrustMonaiError, match="unknown defence"):
         make_defence("median")
+
+
+# ------------------------------------------------------------------------------------------------ medical
+
+
+def _med_purifier(spatial_dims, num_classes=3):
+    torch.manual_seed(0)
+    net = DVAE(spatial_dims, 1, num_classes, channels=(4, 8), latent_channels=2)
+    p = DVAEPurifier(lambda: net, [], reconstruct=False)
+    p.stages = torch.nn.ModuleList([net.eval()])
+    p._loaded = True  # fresh weights stand in for trained ones: the processor's bookkeeping is what is tested
+    return p
+
+
+@parameterized.expand([(2, np.int16), (3, np.float32)])
+def test_case_processor_keeps_dtype_shape_and_out_of_window_values(spatial_dims, dtype):
+    from trust_monai.errors import CaseError
+    from trust_monai.purify.medical import DVAECaseProcessor
+
+    rng = np.random.default_rng(0)
+    shape = (20, 18) if spatial_dims == 2 else (12, 10, 6)
+    img = (rng.random(shape) * 1000).astype(dtype)
+    img.flat[0] = 30000  # far outside the percentile window: purification must not clip it away
+    lab = rng.integers(0, 3, shape)
+    proc = DVAECaseProcessor(_med_purifier(spatial_dims), num_classes=3, spatial_dims=spatial_dims)
+    out, metrics = proc.purify(img, lab)
+    assert out.dtype == img.dtype and out.shape == img.shape
+    # the change is bounded by the window width (~1000), so the value stays far above the window
+    assert abs(float(out.flat[0]) - 30000) <= 1001 and "psnr" in metrics
+    with pytest.raises(CaseError, match="outside 0..2"):
+        proc.purify(img, lab + 1)
+    bad = img.astype(np.float32)
+    bad[1, 1] = np.nan
+    with pytest.raises(CaseError, match="NaN"):
+        proc.purify(bad, lab)
+    with pytest.raises(CaseError, match="spatial_dims"):
+        proc.purify(img[..., 0], lab[..., 0])
+
+
+def test_segmentation_items_names_cases_without_labels():
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import trust_monai.data as data
+    from trust_monai.purify.medical import segmentation_items
+
+    src = Path(data.prepare("synthetic_2d"))
+    dl = json.loads((src / "dataset.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for e in dl["training"][:3]:
+            for k in ("image", "label"):
+                (tmp / e[k]).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / e[k]).write_bytes((src / e[k]).read_bytes())
+        entries = [dict(e) for e in dl["training"][:3]]
+        del entries[1]["label"]
+        (tmp / "dataset.json").write_text(json.dumps({"training": entries}))
+        with pytest.raises(DatalistError, match=entries[1]["image"].split("/")[-1]):
+            segmentation_items(tmp, 2, progress=False)
+        entries[1]["label"] = dl["training"][1]["label"]
+        (tmp / "dataset.json").write_text(json.dumps({"training": entries}))
+        items = segmentation_items(tmp, 2, progress=False)
+        assert len(items) == 3 and len({tuple(i["image"].shape) for i in items}) == 1
+        assert all(i["image"].shape[1] % 4 == 0 for i in items)
