@@ -9,7 +9,8 @@ accuracy on the clean test split is recorded. Cells already in ``WORK/matrix.csv
 Writes ``WORK/matrix.csv`` (one row per cell), ``WORK/matrix.md`` and ``WORK/matrix.png`` (heatmap).
 
     python scripts/purify_matrix.py --work /tmp/purify_matrix [--grid configs/grids/purify_matrix.json] \
-        [--attack_dir lsp=/path/to/lsp_poisoned ...] [--only_attacks lsp,ar] [--only_defences none,dvae]
+        [--attack_dir lsp=/path/to/lsp_poisoned ...] [--only_attacks lsp,ar] [--only_defences none,dvae] \
+        [--max_train 20000] [--victim_epochs 5]
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--attack_dir", action="append", default=[], help="NAME=FOLDER: use an existing poisoned dataset")
     p.add_argument("--only_attacks", default="", help="comma-separated subset of the grid's attacks")
     p.add_argument("--only_defences", default="", help="comma-separated subset of the grid's defences")
+    p.add_argument("--max_train", type=int, default=None, help="override the grid's max_train (victims and writers)")
+    p.add_argument("--victim_epochs", type=int, default=None, help="override the grid's victim_epochs")
     args = p.parse_args(argv)
     import logging
 
@@ -97,6 +100,9 @@ def main(argv=None) -> int:
     logging.getLogger("ignite").setLevel(logging.WARNING)
 
     grid = json.loads(Path(args.grid).read_text())
+    for key in ("max_train", "victim_epochs"):
+        if getattr(args, key) is not None:
+            grid[key] = getattr(args, key)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     # a subset given on the command line also sets the order cells run in (the most wanted first)
