@@ -529,7 +529,7 @@ class PoisonWriter(Evaluator):
             mean = {k: float(np.mean([s[k] for s in self._stats if s[k] is not None] or [float("nan")]))
                     for k in ("linf", "l2", "psnr")}
             self.logger.info(
-                f"wrote {len(self._stats)} poisoned images: mean L-inf {mean['linf'] * 255:.2f}/255, "
+                f"wrote {len(self._stats)} {self._verb} images: mean L-inf {mean['linf'] * 255:.2f}/255, "
                 f"L2 {mean['l2']:.3f}, PSNR {mean['psnr']:.1f} dB"
             )
         else:
