@@ -42,8 +42,12 @@ def _read(path: Path) -> list[dict]:
     return list(csv.DictReader(path.open())) if path.is_file() else []
 
 
-def _write(rows: list[dict], work: Path, attacks: list[str], defences: list[str]) -> None:
+def _write(rows: list[dict], work: Path, grid: dict) -> None:
+    """Table and heatmap of every cell measured so far (in the grid's order), not only this run's subset."""
     from trust_monai.utils.fileio import atomic_path, atomic_write_text
+
+    attacks = [a for a in grid["attacks"] if any(r["attack"] == a for r in rows)]
+    defences = [d for d in grid["defences"] if any(r["defence"] == d for r in rows)]
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
@@ -160,9 +164,9 @@ def main(argv=None) -> int:
             acc = ev.run()[f"{attack}/{defence}"]
             rows.append({"attack": attack, "defence": defence, "clean_test_acc": f"{acc:.4f}", "n_train": n_train,
                          "victim_epochs": epochs, "train_dir": str(train_dir), "seconds": f"{time.time() - t0:.0f}"})
-            _write(rows, work, attacks, defences)
+            _write(rows, work, grid)
             print(f"[matrix] {attack} x {defence}: clean test accuracy {acc * 100:.2f}%", flush=True)
-    _write(rows, work, attacks, defences)
+    _write(rows, work, grid)
     print((work / "matrix.md").read_text())
     return 0
 
