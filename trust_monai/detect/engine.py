@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputFileError
+from ..utils.checkpoint import load_state_dict
 from ..utils.fileio import atomic_write_json, atomic_write_text, sha256_file
 from .figures import heatmap_png, roc_png, saliency
 from .metrics import aggregate_scores, detection_metrics
@@ -61,36 +62,10 @@ class MoELoss(nn.Module):
 
 
 def load_detector(network: nn.Module, path) -> nn.Module:
-    """Load a plain state dict (``weights_only``) into ``network``; refuse one made for other experts by name."""
-    import pickle
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "checkpoint not found; train the bundle first (train.json) or set --ckpt_dir")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise InputFileError(path, f"refused: not a plain state dict ({str(e)[:100]})") from e
-    except Exception as e:  # noqa: BLE001 - truncated zip, wrong format
-        raise InputFileError(path, f"cannot read checkpoint: {type(e).__name__}: {str(e)[:100]}") from e
-    if not isinstance(state, dict):
-        raise InputFileError(path, "not a state dict")
-    expected = network.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or shapes:
-        def few(keys):
-            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-
-        parts = [f"missing {few(missing)}" if missing else "", f"unexpected {few(unexpected)}" if unexpected else "",
-                 f"shape differs for {few(shapes)}" if shapes else ""]
-        raise InputFileError(
-            path, "checkpoint does not match the configured experts / network: " + "; ".join(p for p in parts if p)
-            + "; use the config it was trained with (expert count, ranks, kinds, sizes) or retrain"
-        )
-    network.load_state_dict(state)
-    return network
+    """Load a plain state dict (``weights_only``) into ``network``; one made for other experts is refused by name."""
+    return load_state_dict(
+        network, path, hint="use the config its experts were trained with (count, ranks, kinds, sizes) or retrain"
+    )
 
 
 @torch.no_grad()

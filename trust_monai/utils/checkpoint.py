@@ -10,7 +10,7 @@ from ..errors import InputFileError
 __all__ = ["load_state_dict", "save_state_dict"]
 
 
-def load_state_dict(module, path: str | os.PathLike, strict: bool = True, key: str | None = None):
+def load_state_dict(module, path: str | os.PathLike, strict: bool = True, key: str | None = None, hint: str = ""):
     """Load ``path`` into ``module`` with ``weights_only=True``; a pickle carrying code is refused with a clear error.
 
     Args:
@@ -18,6 +18,7 @@ def load_state_dict(module, path: str | os.PathLike, strict: bool = True, key: s
         path: a ``.pt`` state dict (optionally a dict holding it under ``key``).
         strict: as in ``load_state_dict``.
         key: sub-dict to load (e.g. ``"generator"`` in a checkpoint with several networks).
+        hint: what to do about a checkpoint that does not fit (default: retrain or match the training config).
     """
     import pickle
 
@@ -39,20 +40,26 @@ def load_state_dict(module, path: str | os.PathLike, strict: bool = True, key: s
     try:
         module.load_state_dict(state, strict=strict)
     except RuntimeError as e:
-        # a checkpoint from another configuration (class count, widths): say so in one line, not a key dump
-        missing, unexpected = _key_diff(module.state_dict(), state)
+        # a checkpoint from another configuration (class count, widths, experts): name the keys in one line
+        expected = module.state_dict()
+        missing, unexpected = _key_diff(expected, state)
+        shapes = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+
+        def few(keys):
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
         detail = "; ".join(
             part
             for part in (
-                f"missing {len(missing)} tensors (e.g. {missing[0]})" if missing else "",
-                f"unexpected {len(unexpected)} tensors (e.g. {unexpected[0]})" if unexpected else "",
-                "tensor shapes differ" if not (missing or unexpected) else "",
+                f"missing {few(missing)}" if missing else "",
+                f"unexpected {few(unexpected)}" if unexpected else "",
+                f"shape differs for {few(shapes)}" if shapes else "",
             )
             if part
         )
         raise InputFileError(
-            path, f"checkpoint does not fit {type(module).__name__} as configured ({detail}); retrain or match the "
-            "config it was trained with"
+            path, f"checkpoint does not fit {type(module).__name__} as configured ({detail}); "
+            + (hint or "retrain or match the config it was trained with")
         ) from e
     return module
 
