@@ -22,7 +22,23 @@ from ..errors import CaseError, CasesFailed, InputFileError
 from ..utils.fileio import atomic_path, atomic_write_json
 from .manifest import Manifest
 
-__all__ = ["CaseWriter"]
+__all__ = ["CaseWriter", "read_case_label"]
+
+
+def read_case_label(entry: dict, image, meta, method: str):
+    """The label map of a datalist case, checked against its image (same shape, same affine); a missing or
+    mismatched mask is a :class:`~trust_monai.errors.CaseError` naming the file. Returns ``(label, label_path)``."""
+    import numpy as np
+
+    label_path = entry.get("label")
+    if not isinstance(label_path, str):
+        raise CaseError(f"{entry.get('image')}: {method} needs a label mask for every case (datalist 'label')")
+    label, lmeta = read_image(label_path)
+    if label.shape != image.shape:
+        raise CaseError(f"{label_path}: mask shape {label.shape} does not match image shape {image.shape}")
+    if not np.allclose(np.asarray(lmeta.affine), np.asarray(meta.affine), atol=1e-3):
+        raise CaseError(f"{label_path}: mask geometry (affine) does not match the image's")
+    return label, label_path
 
 
 class CaseWriter(Workflow):

@@ -114,19 +114,9 @@ class UMedProtector:
 
     def __call__(self, image, meta, entry: dict):
         """CaseWriter processor: read and check the case's mask, then :meth:`protect`."""
-        import numpy as np
+        from ..engines.case_writer import read_case_label
 
-        from ..data.io import read_image
-        from ..errors import CaseError
-
-        label_path = entry.get("label")
-        if not isinstance(label_path, str):
-            raise CaseError(f"{entry.get('image')}: UMed needs a label mask for every case (datalist 'label')")
-        label, lmeta = read_image(label_path)
-        if label.shape != image.shape:
-            raise CaseError(f"{label_path}: mask shape {label.shape} does not match image shape {image.shape}")
-        if not np.allclose(np.asarray(lmeta.affine), np.asarray(meta.affine), atol=1e-3):
-            raise CaseError(f"{label_path}: mask geometry (affine) does not match the image's")
+        label, label_path = read_case_label(entry, image, meta, "UMed")
         return self.protect(image, label, entry.get("modality", "MR"), name=entry["image"], label_name=label_path)
 
     def delta(self, x: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:

@@ -89,16 +89,10 @@ class DVAECaseProcessor:
         self.purifier.to(self.device)
 
     def __call__(self, image, meta, entry: dict):
-        from ..data.io import read_image
+        """CaseWriter processor: read and check the case's mask, then :meth:`purify`."""
+        from ..engines.case_writer import read_case_label
 
-        label_path = entry.get("label")
-        if not isinstance(label_path, str):
-            raise CaseError(f"{entry.get('image')}: the D-VAE needs the label map of every case (datalist 'label')")
-        label, lmeta = read_image(label_path)
-        if label.shape != image.shape:
-            raise CaseError(f"{label_path}: mask shape {label.shape} does not match image shape {image.shape}")
-        if not np.allclose(np.asarray(lmeta.affine), np.asarray(meta.affine), atol=1e-3):
-            raise CaseError(f"{label_path}: mask geometry (affine) does not match the image's")
+        label, label_path = read_case_label(entry, image, meta, "the D-VAE")
         return self.purify(image, label, entry.get("modality", "MR"), name=entry["image"], label_name=label_path)
 
     def purify(self, image, label, modality: str = "MR", name: str = "image", label_name: str = "label"):
