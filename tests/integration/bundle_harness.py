@@ -33,10 +33,14 @@ def _arg(v) -> str:
     return v if isinstance(v, str) else json.dumps(v)
 
 
-def run_bundle(name: str, config: str, *, from_bundle_dir: bool = False, timeout: int = 600, **overrides):
-    """Run one config of one bundle with its smoke overrides plus ``overrides``; returns CompletedProcess."""
+def run_bundle(name: str, config: str, *, from_bundle_dir: bool = False, timeout: int = 600,
+               extra_configs: tuple[str, ...] = (), **overrides):
+    """Run one config of one bundle (merged with the bundle's ``extra_configs`` fragments, in order) with its smoke
+    overrides plus ``overrides``; returns CompletedProcess."""
     cwd = BUNDLES_DIR / name if from_bundle_dir else ROOT
-    cfg = f"configs/{config}.json" if from_bundle_dir else f"bundles/{name}/configs/{config}.json"
+    files = [f"configs/{c}.json" if from_bundle_dir else f"bundles/{name}/configs/{c}.json"
+             for c in (config, *extra_configs)]
+    cfg = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
     args = {**smoke_overrides(name, config), **overrides}
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", cfg]
     for k, v in args.items():

@@ -22,6 +22,7 @@ _EXPORTS = {
     "load_datalist": ".datalist",
     "check_readable": ".datalist",
     "num_classes": ".datalist",
+    "SliceClassificationDataset": ".slices",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -30,7 +31,7 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    if name in ("cache", "sources", "io", "datalist", "pipelines"):
+    if name in ("cache", "sources", "io", "datalist", "pipelines", "slices"):
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -212,6 +212,9 @@ class CertifyClassification:
         radii: radii of the summary table.
         section: datalist section to certify.
         in_channels: 1 or 3 (decoding of the PNGs).
+        dataset: certify this map-style dataset instead of the PNG datalist (items as
+            :class:`~trust_monai.engines.natural.ImageClassificationDataset`'s, e.g. a
+            :class:`~trust_monai.data.slices.SliceClassificationDataset`); ``section`` is then unused.
     """
 
     def __init__(self, dataset_dir, output_dir, models: SmoothingModels, checkpoint, num_classes: int,
@@ -219,8 +222,9 @@ class CertifyClassification:
                  n: int = 1000, alpha: float = 0.001, batch_size: int = 500, max_samples: int = 500, skip: int = 1,
                  methods: Sequence[str] = ("rs", "drs"), equal_budget: bool = True,
                  radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), section: str = "test",
-                 in_channels: int | None = 1, device="cpu", seed: int = 0, progress: bool = True):
+                 in_channels: int | None = 1, dataset=None, device="cpu", seed: int = 0, progress: bool = True):
         self.dataset_dir, self.output_dir = Path(dataset_dir), Path(output_dir)
+        self.dataset = dataset
         self.models, self.checkpoint, self.num_classes = models, checkpoint, int(num_classes)
         self.sigma = float(sigma)
         self.sigma_l, self.sigma_r = float(sigma_l or sigma), float(sigma_r or sigma_l or sigma)
@@ -248,6 +252,8 @@ class CertifyClassification:
     def _dataset(self):
         from .natural import ImageClassificationDataset, read_datalist
 
+        if self.dataset is not None:
+            return self.dataset
         # every listed file must exist (all sections) before anything is loaded or written
         present = json.loads((self.dataset_dir / "dataset.json").read_text()) if (
             self.dataset_dir / "dataset.json").is_file() else {}
