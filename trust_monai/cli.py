@@ -71,6 +71,39 @@ class CLI:
         return subprocess.call(cmd)
 
 
+    def protect(self, input: str, output: str, ckpt_dir: str | None = None, spatial_dims: int | None = None,
+                overwrite: bool = False, deidentify: bool = False, **overrides):
+        """Write a protected (unlearnable) copy of the scans in INPUT into OUTPUT with the UMed bundle.
+
+        INPUT: a dataset.json, a folder of NIfTI / NRRD scans with masks (<name>_label.nii.gz or labels/), or of
+        DICOM series. Output keeps each scan's format, geometry and headers; report.html shows before / after.
+        --deidentify pseudonymises DICOM headers; other --key value pairs go to the bundle (e.g. --device cuda).
+        """
+        return self._verb("protect", input, output, ckpt_dir, spatial_dims, overwrite, deidentify, overrides)
+
+    def purify(self, input: str, output: str, ckpt_dir: str | None = None, spatial_dims: int | None = None,
+               overwrite: bool = False, deidentify: bool = False, **overrides):
+        """Write a purified copy of INPUT (D-VAE removes unlearnable perturbations) into OUTPUT; as ``protect``."""
+        return self._verb("purify", input, output, ckpt_dir, spatial_dims, overwrite, deidentify, overrides)
+
+    def certify(self, input: str, output: str, ckpt_dir: str | None = None, spatial_dims: int | None = None,
+                **overrides):
+        """Certified segmentation (RS and DRS) of the scans in INPUT: label maps with an abstain label, per-case
+        certified fraction and radius, report.html."""
+        return self._verb("certify", input, output, ckpt_dir, spatial_dims, False, False, overrides)
+
+    def detect(self, input: str, output: str, ckpt_dir: str | None = None, **overrides):
+        """Score every scan in INPUT for synthesis / tampering (MoE-FFD): report.json, heatmaps, report.html."""
+        return self._verb("detect", input, output, ckpt_dir, None, False, False, overrides)
+
+    @staticmethod
+    def _verb(verb, input, output, ckpt_dir, spatial_dims, overwrite, deidentify, overrides):
+        from .hospital import run_verb
+
+        return run_verb(verb, str(input), str(output), ckpt_dir=ckpt_dir, spatial_dims=spatial_dims,
+                        overwrite=bool(overwrite), deidentify=bool(deidentify), **overrides)
+
+
 def _configs(root: str) -> str:
     names = sorted(f[:-5] for f in os.listdir(os.path.join(root, "configs")) if f.endswith(".json"))
     return ", ".join(n for n in names if n != "metadata")

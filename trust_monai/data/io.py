@@ -46,6 +46,7 @@ __all__ = [
     "read_image",
     "to_metatensor",
     "write_image",
+    "deidentify_header",
 ]
 
 IMAGE_FORMATS = ("nifti", "nrrd", "dicom", "png")
@@ -98,6 +99,30 @@ class ImageMeta:
     def origin(self) -> np.ndarray:
         """World (RAS, mm) position of voxel (0, 0, 0)."""
         return np.asarray(self.affine, dtype=float)[:3, 3].copy()
+
+    @property
+    def modality(self) -> str | None:
+        """DICOM Modality (``"CT"``, ``"MR"`` ...) of the first slice; None for formats that do not record it."""
+        if self.format == "dicom" and self.header:
+            return str(getattr(self.header[0], "Modality", "") or "") or None
+        return None
+
+    @property
+    def value_step(self) -> float:
+        """Spacing of the values the file can store, in the units :func:`read_image` returns (0: continuous).
+
+        A DICOM series stores integers times RescaleSlope, an integer NIfTI integers times scl_slope, NRRD / PNG
+        integer types whole numbers. A change meant to stay within a budget must be rounded to this grid *before*
+        the budget is checked, or the writer's rounding could carry it past the budget.
+        """
+        if self.format == "dicom" and self.header:
+            return abs(_rescale(self.header[0])[0])
+        if self.format == "nifti" and self.header is not None:
+            if np.issubdtype(self.header.get_data_dtype(), np.integer):
+                slope = self.header.get_slope_inter()[0]
+                return abs(float(slope)) if slope is not None and np.isfinite(slope) and slope != 0 else 1.0
+            return 0.0
+        return 1.0 if np.issubdtype(np.dtype(self.dtype), np.integer) else 0.0
 
     @property
     def direction(self) -> np.ndarray:
@@ -184,6 +209,7 @@ def write_image(
     out_path: str | os.PathLike,
     derivation: str = "",
     derivation_code: Any = None,
+    deidentify: bool = False,
 ) -> Path:
     """Write ``array`` in ``meta.format`` with the original header, geometry and stored data type.
 
@@ -208,6 +234,8 @@ def write_image(
         derivation: free-text note of what was done to the image (e.g. "adversarial protection, eps=2/255").
         derivation_code: optional DICOM code for DerivationCodeSequence: a ``pydicom.sr.coding.Code`` or a
             ``(value, scheme designator, meaning)`` tuple, e.g. ``pydicom.sr.codedict.codes.cid7203.Smoothing``.
+        deidentify: DICOM only: apply :func:`deidentify_header` to every slice (patient identity replaced by a
+            pseudonym, identifying attributes and private tags removed, study / frame-of-reference UIDs remapped).
 
     Returns:
         The output path.
@@ -223,7 +251,10 @@ def write_image(
     if hasattr(array, "detach"):  # a torch tensor / MetaTensor from a bundle; no torch import needed
         array = array.detach().cpu().numpy()
     array = np.asarray(array)
-    writer = {"nifti": _write_nifti, "nrrd": _write_nrrd, "dicom": _write_dicom, "png": _write_png}[meta.format]
+    if meta.format == "dicom":
+        _write_dicom(array, meta, out, derivation, derivation_code, deidentify=deidentify)
+        return out
+    writer = {"nifti": _write_nifti, "nrrd": _write_nrrd, "png": _write_png}[meta.format]
     writer(array, meta, out, derivation, derivation_code)
     return out
 
@@ -933,6 +964,53 @@ def _derived_slice(hdr, values: np.ndarray, series_uid: str, derivation: str, co
     return ds
 
 
+# Attributes that identify a patient or the circumstances of the visit (a subset of the Basic Application Level
+# Confidentiality Profile, DICOM PS3.15 Annex E) that carry no information a viewer or a model needs.
+_PHI_REMOVE = (
+    "PatientBirthDate", "PatientBirthTime", "PatientAddress", "PatientTelephoneNumbers", "OtherPatientIDs",
+    "OtherPatientNames", "OtherPatientIDsSequence", "PatientMotherBirthName", "MilitaryRank", "EthnicGroup",
+    "PatientComments", "MedicalRecordLocator", "ReferringPhysicianName", "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers", "PerformingPhysicianName", "OperatorsName", "PhysiciansOfRecord",
+    "NameOfPhysiciansReadingStudy", "RequestingPhysician", "InstitutionName", "InstitutionAddress",
+    "InstitutionalDepartmentName", "StationName", "DeviceSerialNumber", "AccessionNumber", "StudyID",
+    "RequestAttributesSequence", "AdmissionID", "IssuerOfPatientID", "CurrentPatientLocation",
+    "PatientInstitutionResidence", "StudyDescription", "ImageComments", "AdditionalPatientHistory",
+    "RequestedProcedureDescription", "PerformedProcedureStepDescription", "ScheduledProcedureStepDescription",
+)
+_DATES_REMOVE = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "StudyTime", "SeriesTime",
+                 "AcquisitionTime", "ContentTime", "AcquisitionDateTime")
+
+
+def deidentify_header(ds) -> None:
+    """Remove patient identity from one DICOM slice header in place, keeping everything a viewer or model needs.
+
+    Patient name and ID become ``ANON-<12 hex digits>``, a one-way hash of the original ID (the same patient gets the
+    same pseudonym across studies and runs, so linked studies stay linked); birth date, names of staff, institution,
+    accession number, dates / times, free-text comments and all private tags are removed; StudyInstanceUID and
+    FrameOfReferenceUID are replaced by UIDs derived from the originals (slices of one study stay together, and the
+    original UIDs cannot be read back); SourceImageSequence (which names the identified source) is dropped. Geometry,
+    pixel description and windowing are untouched. PatientIdentityRemoved is ``YES`` and DeidentificationMethod says
+    what was done. This covers the header only: text burnt into the pixels is not detected.
+    """
+    import hashlib
+
+    from pydicom.uid import generate_uid
+
+    pid = str(ds.get("PatientID", "") or ds.get("PatientName", "") or "")
+    pseudonym = "ANON-" + hashlib.sha256(pid.encode()).hexdigest()[:12]
+    ds.PatientName = pseudonym
+    ds.PatientID = pseudonym
+    for key in (*_PHI_REMOVE, *_DATES_REMOVE, "SourceImageSequence"):
+        if key in ds:
+            delattr(ds, key)
+    for key in ("StudyInstanceUID", "FrameOfReferenceUID"):
+        if key in ds:
+            setattr(ds, key, generate_uid(entropy_srcs=["trust_monai deidentify", str(ds.get(key))]))
+    ds.remove_private_tags()
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "trust_monai: PS3.15 basic subset, pseudonym ID, no dates"  # LO: 64 chars
+
+
 def _save_dicom(ds, path: Path) -> None:
     import pydicom
 
@@ -940,7 +1018,8 @@ def _save_dicom(ds, path: Path) -> None:
     pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
 
 
-def _write_dicom(array: np.ndarray, meta: ImageMeta, out: Path, derivation: str, code: Any) -> None:
+def _write_dicom(array: np.ndarray, meta: ImageMeta, out: Path, derivation: str, code: Any,
+                 deidentify: bool = False) -> None:
     from pydicom.uid import generate_uid
 
     headers = list(meta.header or [])
@@ -960,6 +1039,9 @@ def _write_dicom(array: np.ndarray, meta: ImageMeta, out: Path, derivation: str,
         raise ValueError(f"{out}: a {len(headers)}-slice series is written to a folder, not a .dcm file")
     series_uid = generate_uid()
     slices = [_derived_slice(h, array[:, :, k], series_uid, derivation, code) for k, h in enumerate(headers)]
+    if deidentify:
+        for ds in slices:
+            deidentify_header(ds)
     if single:
         with atomic_path(out) as tmp:
             _save_dicom(slices[0], tmp)

@@ -17,7 +17,7 @@ from monai.engines import Workflow
 from ignite.engine import Events
 
 from ..data.datalist import check_readable, load_datalist
-from ..data.io import read_image, write_image
+from ..data.io import detect_format, read_image, write_image
 from ..errors import CaseError, CasesFailed, InputFileError
 from ..utils.fileio import atomic_path, atomic_write_json
 from .manifest import Manifest
@@ -60,6 +60,8 @@ class CaseWriter(Workflow):
         copy_sections: sections copied byte for byte (e.g. the clean test split kept for evaluation).
         image_key: the key that is processed; ``extra_keys`` (labels) are copied unchanged beside it.
         derivation: note stored in DICOM DerivationDescription.
+        deidentify: DICOM outputs get :func:`~trust_monai.data.io.deidentify_header` (copied DICOM cases too, so no
+            identified header leaves through the byte-copy path).
         progress: show a progress bar.
     """
 
@@ -78,6 +80,7 @@ class CaseWriter(Workflow):
         seed: int | None = None,
         overwrite: bool = False,
         progress: bool = True,
+        deidentify: bool = False,
         device: str | torch.device = "cpu",
         handlers: Sequence | None = None,
     ) -> None:
@@ -97,6 +100,7 @@ class CaseWriter(Workflow):
             load_datalist(self.dataset_dir, process_sections[0], keys=keys)  # raises the readable error
         self.cases, self.keys, self.image_key = cases, keys, image_key
         self.processor, self.derivation, self.progress = processor, derivation, progress
+        self.deidentify = bool(deidentify)
         self.bundle, self.config, self.seed, self.overwrite = bundle, config, seed, overwrite
         self.manifest: Manifest | None = None
         super().__init__(
@@ -128,7 +132,10 @@ class CaseWriter(Workflow):
     def _copy(self, src: str) -> Path:
         dst = self._out(src)
         _remove_stale(dst)
-        if Path(src).is_dir():
+        if self.deidentify and detect_format(src) == "dicom":  # a byte copy would carry the identified header along
+            image, meta = read_image(src)
+            write_image(image, meta, dst, derivation="copy (de-identified)", deidentify=True)
+        elif Path(src).is_dir():
             with atomic_path(dst, suffix="") as tmp:
                 tmp.unlink()
                 shutil.copytree(src, tmp)
@@ -151,7 +158,7 @@ class CaseWriter(Workflow):
                     else:
                         dst = self._out(src)
                         _remove_stale(dst)
-                        write_image(out, meta, dst, derivation=self.derivation)
+                        write_image(out, meta, dst, derivation=self.derivation, deidentify=self.deidentify)
                 else:
                     dst, status = self._copy(src), "copied"
                 # labels follow their image, so a case that fails leaves nothing of itself behind

@@ -496,7 +496,7 @@ class CertifySegmentation:
         present = json.loads((self.dataset_dir / "dataset.json").read_text()) if (
             self.dataset_dir / "dataset.json").is_file() else {}
         every, test = [], []
-        for s in ("training", "validation", "test"):
+        for s in dict.fromkeys(("training", "validation", "test", self.section)):
             if s in present or s == self.section:
                 entries = load_datalist(self.dataset_dir, s, keys=("image", "label"))
                 every += entries

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..utils.fileio import atomic_path
 
-__all__ = ["before_after_png"]
+__all__ = ["before_after_png", "html_report", "verb_report"]
 
 
 def _middle_slice(a: np.ndarray, label: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -69,3 +69,107 @@ def before_after_png(clean_dir, changed_dir, path, section: str = "training", n:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def _html_table(rows: list[dict], limit: int = 500) -> str:
+    import html
+
+    if not rows:
+        return "<p><em>no rows</em></p>"
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return html.escape(str(v if v is not None else ""))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows[:limit])
+    more = f"<p>{len(rows) - limit} more rows in the CSV / manifest.</p>" if len(rows) > limit else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+
+
+def html_report(path, title: str, facts: dict, tables: list[tuple[str, list[dict]]],
+                pictures: list[tuple[str, Path]]) -> Path:
+    """Write one self-contained HTML page (pictures embedded, so it can be mailed or archived with the data)."""
+    import base64
+    import html
+
+    from ..utils.fileio import atomic_write_text
+
+    parts = [f"<h1>{html.escape(title)}</h1>", "<table class=facts>"]
+    parts += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items()]
+    parts.append("</table>")
+    for caption, png in pictures:
+        if png and Path(png).is_file():
+            data = base64.b64encode(Path(png).read_bytes()).decode()
+            parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' "
+                         f"src='data:image/png;base64,{data}'>")
+    for caption, rows in tables:
+        parts.append(f"<h2>{html.escape(caption)}</h2>{_html_table(rows)}")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}img{max-width:100%}"
+             "table.facts th{background:#f4f4f4}")
+    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    return atomic_write_text(Path(path), doc)
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _manifest_rows(manifest: dict, dataset_dir: Path) -> list[dict]:
+    rows = []
+    for c in manifest.get("cases", []):
+        src = str(c.get("input") or "")
+        rel = Path(src).relative_to(dataset_dir).as_posix() if src.startswith(str(dataset_dir)) else src
+        row = {"input": rel, "output": c.get("output"), "status": c.get("status")}
+        row.update({k: v for k, v in (c.get("metrics") or {}).items() if not isinstance(v, (dict, list))})
+        if c.get("error"):
+            row["error"] = c["error"]
+        rows.append(row)
+    return rows
+
+
+def verb_report(verb: str, spec, dataset_dir, output_dir, sections, command: str, rc: int, seconds: float,
+                input_path: str) -> Path:
+    """``output_dir/report.html`` for one hospital-workflow verb: facts, pictures, metrics table, manifest."""
+    import json
+
+    out = Path(output_dir)
+    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
+    cases = _manifest_rows(manifest, Path(dataset_dir).resolve())
+    status = {s: sum(c["status"] == s for c in cases) for s in ("done", "copied", "skipped", "error")}
+    facts = {"what": spec.what, "bundle": spec.bundle, "input": input_path, "output": str(out),
+             "result": "finished" if rc == 0 else f"exit code {rc} (see the errors below and the log)",
+             "cases": ", ".join(f"{k} {v}" for k, v in status.items() if v) or "-",
+             "run time": f"{seconds:.1f} s", "command": command}
+    pictures: list[tuple[str, Path]] = []
+    tables: list[tuple[str, list[dict]]] = []
+    if spec.changes_images:
+        for s in sections:
+            png = before_after_png(dataset_dir, out, out / ".trust_monai" / f"before_after_{s}.png", section=s,
+                                   title=verb + "ed" if verb.endswith("t") else verb + "d")
+            if png:
+                pictures.append((f"before / after ({s})", png))
+        tables.append(("cases (manifest.json)", cases))
+    elif verb == "certify":
+        pictures.append(("certified label maps (white: abstain)", out / "certified_segmentation.png"))
+        tables.append(("summary", _csv_rows(out / "certified_segmentation.csv")))
+        tables.append(("per case", _csv_rows(out / "certify_cases.csv")))
+        tables.append(("files (manifest.json)", cases))
+    elif verb == "detect":
+        pictures.append(("where the detector looks (most fake-looking first)", out / "heatmaps.png"))
+        rep = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
+        tables.append(("per volume", rep.get("volumes", [])))
+        tables.append(("per image", [{k: v for k, v in r.items() if k != "slice_scores"}
+                                     for r in rep.get("images", [])]))
+    return html_report(out / "report.html", f"trust-monai {verb}", facts, tables, pictures)

@@ -117,14 +117,21 @@ class UMedProtector:
         from ..engines.case_writer import read_case_label
 
         label, label_path = read_case_label(entry, image, meta, "UMed")
-        return self.protect(image, label, entry.get("modality", "MR"), name=entry["image"], label_name=label_path)
+        # the datalist's modality, else the DICOM header's: a CT series must get the CT window, not MR percentiles
+        modality = entry.get("modality") or meta.modality or "MR"
+        return self.protect(image, label, modality, name=entry["image"], label_name=label_path, step=meta.value_step)
 
     def delta(self, x: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:
         """Perturbation in window units for a (1, 1, *spatial) windowed image and its label map."""
         return self.generator(x, y)
 
-    def protect(self, image, label, modality: str = "MR", name: str = "image", label_name: str = "label"):
-        """Protect in-memory arrays (same shape, voxel order): ``(protected, metrics)`` or ``(None, metrics)``."""
+    def protect(self, image, label, modality: str = "MR", name: str = "image", label_name: str = "label",
+                step: float = 0.0):
+        """Protect in-memory arrays (same shape, voxel order): ``(protected, metrics)`` or ``(None, metrics)``.
+
+        ``step``: the value grid of the file the result goes to (:attr:`ImageMeta.value_step`; integer arrays are on
+        a grid of 1 anyway); the change is rounded to it and kept within the budget *after* rounding.
+        """
         import numpy as np
 
         from ..errors import CaseError
@@ -147,6 +154,10 @@ class UMedProtector:
         if not (lab > 0).any():
             return None, {"empty_mask": True}
         spatial = self.generator.spatial_dims
+        if image_np.ndim == spatial + 1 and image_np.shape[-1] == 1 and lab.shape == image_np.shape:
+            # a single-slice DICOM reads as (cols, rows, 1): protect the slice, keep the stored shape
+            out, metrics = self.protect(image_np[..., 0], lab[..., 0], modality, name, label_name, step)
+            return (None if out is None else out[..., None]), metrics
         if image_np.ndim != spatial:
             raise CaseError(
                 f"{name}: {image_np.ndim}D image but the generator is {spatial}D (set --spatial_dims)"
@@ -160,11 +171,15 @@ class UMedProtector:
             region = contour_band(yt, self.generator.band_width)[1][0, 0].cpu().numpy() > 0
         change = delta * scale
         eps_native = self.generator.epsilon * scale
-        if np.issubdtype(image_np.dtype, np.integer):
-            limit = np.floor(eps_native)
-            change = np.clip(np.rint(change), -limit, limit)
-            info = np.iinfo(image_np.dtype)
-            out = np.clip(image_np.astype(np.float64) + change, info.min, info.max).astype(image_np.dtype)
+        if np.issubdtype(image_np.dtype, np.integer) or step > 0:
+            q = float(step) if step > 0 else 1.0
+            limit = np.floor(eps_native / q + 1e-9) * q
+            change = np.clip(np.rint(change / q) * q, -limit, limit)
+            out = image_np.astype(np.float64) + change
+            if np.issubdtype(image_np.dtype, np.integer):
+                info = np.iinfo(image_np.dtype)
+                out = np.clip(out, info.min, info.max)
+            out = out.astype(image_np.dtype)
         else:
             out = (image_np.astype(np.float64) + change).astype(image_np.dtype)
             # storing in the file's float type rounds; on a near-constant scan (tiny window) that rounding alone can

@@ -93,7 +93,8 @@ class DVAECaseProcessor:
         from ..engines.case_writer import read_case_label
 
         label, label_path = read_case_label(entry, image, meta, "the D-VAE")
-        return self.purify(image, label, entry.get("modality", "MR"), name=entry["image"], label_name=label_path)
+        modality = entry.get("modality") or meta.modality or "MR"  # a CT series gets the CT window
+        return self.purify(image, label, modality, name=entry["image"], label_name=label_path)
 
     def purify(self, image, label, modality: str = "MR", name: str = "image", label_name: str = "label"):
         """Purify in-memory arrays (same shape and voxel order): ``(purified, metrics)``."""

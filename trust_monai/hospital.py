@@ -1,0 +1,329 @@
+"""The hospital workflow behind ``trust-monai protect | purify | certify | detect --input PATH --output DIR``.
+
+Each verb runs the inference config of its packaged bundle on the user's own files and then writes ``report.html``
+(pictures, metrics table, manifest summary) into the output folder. ``PATH`` may be
+
+- a Decathlon datalist (``dataset.json``, or a folder holding one): used as it is;
+- a folder of NIfTI / NRRD files or of DICOM series (one series per folder, any depth): the scans are found and
+  paired with their masks by name (``labels/`` or ``labelsTr/`` beside ``images/`` / ``imagesTr/``, or a ``_label``,
+  ``_seg``, ``_mask`` suffix, or ``_image`` -> ``_label``), and a datalist with one section ``cases`` is written;
+- a datalist file with another name.
+
+For the last two the input is *staged*: ``DIR/.trust_monai/input`` mirrors the input's relative paths with hard
+links (copies across file systems) plus the datalist, so every bundle sees an ordinary dataset folder, its outputs
+keep the input's relative paths, and the input folder is never written to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DatalistError, InputFileError, TrustMonaiError
+
+__all__ = ["VERBS", "Verb", "discover", "stage_input", "run_verb"]
+
+_SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
+_MASK_SUFFIXES = ("_label", "_labels", "_seg", "_segmentation", "_mask")
+_DIR_PAIRS = (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs"), ("images", "labels"), ("images", "masks"),
+              ("images", "segmentations"))
+STAGE = Path(".trust_monai") / "input"
+
+
+@dataclass(frozen=True)
+class Verb:
+    """What a verb runs: its bundle, the override that names the datalist sections to read, whether masks are
+    needed, and the bundle's default sample dataset (whose class count the packaged models were trained with)."""
+
+    bundle: str
+    sections_id: str
+    sections_as_list: bool
+    needs_masks: bool
+    default_dataset: str | None
+    changes_images: bool
+    what: str
+
+
+VERBS = {
+    "protect": Verb("umed", "sections", True, True, "mni152_tissue_2d", True,
+                    "UMed unlearnable perturbation inside each mask and its contour band"),
+    "purify": Verb("dvae", "sections", True, True, "mni152_tissue_2d", True,
+                   "D-VAE purification of unlearnable perturbations"),
+    "certify": Verb("drs", "section", False, False, "mni152_tissue_2d", False,
+                    "certified segmentation by randomized smoothing (RS) and dual randomized smoothing (DRS)"),
+    "detect": Verb("moe_ffd", "sections", True, False, None, False,
+                   "MoE-FFD synthetic / tampered scan detection"),
+}
+
+
+def _is_scan(p: Path) -> bool:
+    return p.is_file() and p.name.lower().endswith(_SCAN_SUFFIXES)
+
+
+def _stem(p: Path) -> tuple[str, str]:
+    name = p.name
+    for suf in _SCAN_SUFFIXES:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)], name[-len(suf):]
+    return p.stem, p.suffix
+
+
+def _is_dicom_file(p: Path) -> bool:
+    if p.suffix.lower() in (".dcm", ".dicom", ".ima"):
+        return True
+    if p.suffix:
+        return False
+    try:
+        with open(p, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _mask_candidates(rel: Path) -> list[Path]:
+    stem, suf = _stem(rel)
+    out = [rel.parent / f"{stem}{m}{suf}" for m in _MASK_SUFFIXES]
+    if stem.endswith("_image"):
+        out += [rel.parent / f"{stem[:-6]}{m}{suf}" for m in _MASK_SUFFIXES]
+    parts = list(rel.parent.parts)
+    for image_dir, mask_dir in _DIR_PAIRS:
+        out += [Path(*parts[:i], mask_dir, *parts[i + 1:], rel.name) for i, part in enumerate(parts)
+                if part.lower() == image_dir.lower()]
+    return out
+
+
+def _is_mask_path(rel: Path) -> bool:
+    stem, _ = _stem(rel)
+    if stem.lower().endswith(_MASK_SUFFIXES):
+        return True
+    return any(x.lower() in {m.lower() for _, m in _DIR_PAIRS} for x in rel.parent.parts)
+
+
+def discover(folder: str | os.PathLike, with_masks: bool = True) -> dict:
+    """Datalist of a folder of scans: ``{"cases": [{"image": rel, "label": rel?}, ...], "labels"?: {...}}``.
+
+    NIfTI / NRRD files are scans unless their name or folder marks them as masks; every folder holding DICOM files
+    is one series (its sub-folders are not searched further). Paths are relative to ``folder`` and sorted. With
+    ``with_masks=False`` masks are still recognised (and left out) but not listed.
+
+    Raises:
+        DatalistError: no scan found; a mask without a scan is ignored, but listed in the error when nothing is found.
+    """
+    root = Path(folder).resolve()
+    scans, series = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        files = sorted(d / f for f in filenames if not f.startswith("."))
+        if any(_is_dicom_file(f) for f in files):
+            series.append(d.relative_to(root))
+            dirnames[:] = []
+            continue
+        scans += [f.relative_to(root) for f in files if _is_scan(f)]
+    masks = {p for p in scans if _is_mask_path(p)}
+    images = [p for p in scans if p not in masks]
+    cases, used = [], set()
+    for rel in images:
+        entry = {"image": rel.as_posix()}
+        for cand in _mask_candidates(rel) if with_masks else ():
+            if cand in masks:
+                entry["label"] = cand.as_posix()
+                used.add(cand)
+                break
+        cases.append(entry)
+    for s in series:
+        entry = {"image": s.as_posix() if s.parts else "."}
+        # a series' mask lies beside its folder: <series>_label.nii.gz (or _seg / _mask, NIfTI or NRRD)
+        found = [root / s.parent / f"{s.name}{m}{suf}" for m in _MASK_SUFFIXES for suf in _SCAN_SUFFIXES]
+        found = [f for f in found if f.is_file()] if with_masks and s.parts else []
+        if found:
+            entry["label"] = found[0].relative_to(root).as_posix()
+        cases.append(entry)
+    if not cases or any(c["image"] == "." for c in cases):
+        if any(c["image"] == "." for c in cases):
+            raise DatalistError(f"{root}: is itself a DICOM series; give the folder that holds the series folder(s)")
+        raise DatalistError(f"{root}: no scan found (looked for .nii/.nii.gz/.nrrd/.nhdr files and DICOM series "
+                            "folders); give a folder of scans or a dataset.json")
+    doc: dict = {"name": root.name, "description": f"scans found in {root} by trust-monai", "cases": cases}
+    return doc
+
+
+def _declare_labels(doc: dict, root: Path) -> None:
+    """Add a ``labels`` dict sized by the largest mask value, so the bundles know the class count."""
+    import numpy as np
+
+    from .data.io import read_image
+
+    top = 0
+    for c in doc["cases"]:
+        if "label" in c:
+            arr, _ = read_image(root / c["label"])
+            top = max(top, int(np.nanmax(arr)) if arr.size else 0)
+    if top > 0:
+        doc["labels"] = {"0": "background", **{str(i): f"class {i}" for i in range(1, top + 1)}}
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` (file or folder) at ``dst``; copy where linking is impossible. Never writes into ``src``."""
+    if src.is_dir():
+        dst.mkdir(parents=True, exist_ok=True)
+        for child in sorted(src.iterdir()):
+            if not child.name.startswith("."):
+                _link_tree(child, dst / child.name)
+        return
+    if dst.exists():
+        if dst.samefile(src) or (dst.stat().st_size == src.stat().st_size and
+                                 dst.stat().st_mtime_ns >= src.stat().st_mtime_ns):
+            return
+        dst.unlink()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def stage_input(path: str | os.PathLike, output_dir: str | os.PathLike, with_masks: bool = True) -> tuple[Path, bool]:
+    """The dataset folder a bundle should read for ``path``; returns ``(dataset_dir, generated)``.
+
+    ``generated`` is True when the datalist was written by :func:`discover` (section ``cases``).
+
+    Raises:
+        InputFileError: ``path`` does not exist, or the output folder is inside it.
+        DatalistError: nothing to read.
+    """
+    from .data.datalist import load_datalist
+    from .utils.fileio import atomic_write_json
+
+    src = Path(path).expanduser()
+    if not src.exists():
+        raise InputFileError(src, "does not exist; give a dataset.json, a folder of NIfTI / NRRD scans or of DICOM "
+                                  "series")
+    src = src.resolve()
+    out = Path(output_dir).expanduser().resolve()
+    base = src.parent if src.is_file() else src
+    if out == base or base in out.parents:
+        raise InputFileError(src, f"the output folder {out} is inside the input; choose a folder outside it, the "
+                                  "input is never written to")
+    if src.is_dir() and (src / "dataset.json").is_file():
+        return src, False
+    if src.is_file() and src.name == "dataset.json":
+        return src.parent, False
+    staged = out / STAGE
+    if src.is_file():
+        if not src.name.lower().endswith(".json"):
+            raise InputFileError(src, "is a single file; give a dataset.json or a folder of scans")
+        try:
+            doc = json.loads(src.read_text())
+        except ValueError as e:
+            raise DatalistError(f"{src}: not valid JSON ({e})") from None
+        sections = [k for k, v in doc.items() if isinstance(v, list) and v and isinstance(v[0], (dict, str))]
+        paths: set[str] = set()
+        for s in sections:
+            for e in load_datalist(src, s, keys=("image", "label")):  # refuses paths outside the dataset folder
+                paths.update(v for k, v in e.items() if k in ("image", "label") and isinstance(v, str))
+        rels = sorted(Path(p).resolve().relative_to(base) for p in paths)
+        generated = False
+    else:
+        doc = discover(src, with_masks)
+        _declare_labels(doc, src)
+        rels = sorted({Path(v) for c in doc["cases"] for k, v in c.items() if k in ("image", "label")})
+        generated = True
+    for rel in rels:
+        _link_tree(base / rel, staged / rel)
+    target = staged / "dataset.json"
+    if not target.is_file() or json.loads(target.read_text()) != doc:
+        atomic_write_json(target, doc)
+    return staged, generated
+
+
+def _present(dataset_dir: Path, sections: list[str]) -> list[str]:
+    """The sections of ``sections`` that the datalist holds."""
+    path = dataset_dir / "dataset.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DatalistError(f"{path}: cannot read datalist ({e})") from None
+    return [s for s in sections if isinstance(doc.get(s), list)]
+
+
+def _spatial_dims(dataset_dir: Path, sections: list[str]) -> int:
+    from .data.datalist import load_datalist
+    from .data.io import probe_image
+
+    for s in _present(dataset_dir, sections):
+        entries = load_datalist(dataset_dir, s, keys=("image", "label"))
+        if entries:
+            shape = probe_image(entries[0]["image"])["shape"]
+            return 3 if sum(int(n) > 1 for n in shape) >= 3 else 2
+    raise DatalistError(f"{dataset_dir / 'dataset.json'}: no entries in {sections}")
+
+
+def _check_masks(dataset_dir: Path, sections: list[str], verb: str, shown_root: str) -> None:
+    from .data.datalist import load_datalist
+
+    missing = []
+    for s in _present(dataset_dir, sections):
+        missing += [Path(e["image"]).relative_to(dataset_dir).as_posix()
+                    for e in load_datalist(dataset_dir, s, keys=("image", "label")) if "label" not in e]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise DatalistError(
+            f"{verb} needs a segmentation mask for every scan (it works inside the region of interest); none found for "
+            f"{shown} (in {shown_root}). Put the mask next to the scan as <name>_label.nii.gz (or in a labels/ folder beside images/), "
+            "or give a dataset.json with 'label' entries")
+
+
+def run_verb(verb: str, input: str, output: str, ckpt_dir: str | None = None, spatial_dims: int | None = None,
+             overwrite: bool = False, deidentify: bool = False, report: bool = True, **overrides) -> int:
+    """Run ``verb`` on ``input`` into ``output`` and write ``output/report.html``; returns the bundle's exit code."""
+    from .bundle import bundle_root
+
+    if verb not in VERBS:
+        raise TrustMonaiError(f"unknown verb {verb!r}; use one of {sorted(VERBS)}")
+    v = VERBS[verb]
+    out = Path(output).expanduser().resolve()
+    dataset_dir, generated = stage_input(input, out, with_masks=v.bundle != "moe_ffd")
+    sections = ["cases"] if generated else None
+    args: dict = {"dataset_dir": str(dataset_dir), "output_dir": str(out)}
+    if sections:
+        args[v.sections_id] = sections if v.sections_as_list else sections[0]
+    read_sections = sections or (["training"] if v.changes_images else ["test", "training"])
+    if v.needs_masks:
+        _check_masks(dataset_dir, read_sections, verb, str(Path(input).expanduser()))
+    if v.bundle != "moe_ffd":
+        args["spatial_dims"] = int(spatial_dims or _spatial_dims(dataset_dir, read_sections))
+        doc = json.loads((dataset_dir / "dataset.json").read_text())
+        if not (doc.get("labels") or doc.get("classes")) and "num_classes" not in overrides and v.default_dataset:
+            from .data import num_classes, prepare
+
+            args["num_classes"] = num_classes(prepare(v.default_dataset))
+    if ckpt_dir:
+        args["ckpt_dir"] = str(Path(ckpt_dir).expanduser().resolve())
+    if overwrite and v.changes_images:
+        args["overwrite"] = True
+    if deidentify:
+        if not v.changes_images:
+            raise TrustMonaiError(f"--deidentify applies to the verbs that write scans (protect, purify), not {verb}")
+        args["deidentify"] = True
+    args.update(overrides)
+    cfg = Path(bundle_root(v.bundle)) / "configs" / "inference.json"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(cfg)]
+    for k, val in args.items():
+        cmd += [f"--{k}", val if isinstance(val, str) else json.dumps(val)]
+    started = time.time()
+    rc = subprocess.call(cmd)
+    if report and (out / "manifest.json").is_file() or (report and rc == 0):
+        from .engines.report import verb_report
+
+        path = verb_report(verb, v, dataset_dir, out, read_sections, command=shlex.join(cmd), rc=rc,
+                           seconds=time.time() - started, input_path=str(Path(input).expanduser().resolve()))
+        print(f"report: {path}")
+    return rc
