@@ -90,8 +90,12 @@ class SmoothingModels(nn.Module):
         x_l, x_r = dual_split(x, self.spatial_dims)
         return x_l if name == "drs_l" else x_r
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The first member on the full batch (what MONAI's checks and a plain inferer see)."""
+    def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
+        """A tensor: the first member on the full batch (what MONAI's checks and a plain inferer see). A dict
+        ``{member: its input}``: ``{member: its output}``, every member in one call, so that DistributedDataParallel
+        sees one forward per backward."""
+        if isinstance(x, dict):
+            return {name: self.member(name)(xin) for name, xin in x.items()}
         name = self.members[0]
         return self.member(name)(self.input(name, x))
 
@@ -118,7 +122,10 @@ class NoisyTrainer(SupervisedTrainer):
         self.sigmas = {"rs": s, "drs_l": float(sigma_l or s), "drs_r": float(sigma_r or s)}
         if min(self.sigmas.values()) < 0:
             raise TrustMonaiError(f"noise levels must be >= 0, got {self.sigmas}")
-        self._noise_gen = torch.Generator(self.state.device).manual_seed(int(seed))
+        from ..utils.dist import rank_world
+
+        # each rank its own noise stream (under torchrun the ranks' batches differ, and so should their noise)
+        self._noise_gen = torch.Generator(self.state.device).manual_seed(int(seed) + rank_world()[0])
 
     def _iteration(self, engine, batchdata: dict) -> dict:
         x = batchdata[Keys.IMAGE].to(engine.state.device, non_blocking=self.non_blocking).float()
@@ -130,16 +137,20 @@ class NoisyTrainer(SupervisedTrainer):
         self.network.train()
         self.optimizer.zero_grad(set_to_none=self.optim_set_to_none)
         out: dict[str, Any] = {Keys.IMAGE: x, Keys.LABEL: y}
-        total = 0.0
-        for name in self.network.members:
-            xin = self.network.input(name, x)
+        models = getattr(self.network, "module", self.network)  # under DistributedDataParallel
+        inputs = {}
+        for name in models.members:
+            xin = models.input(name, x)
             noise = torch.randn(xin.shape, generator=self._noise_gen, device=xin.device, dtype=xin.dtype)
-            pred = self.network.member(name)(xin + self.sigmas[name] * noise)
-            loss = self.loss_function(pred, y).mean()
+            inputs[name] = xin + self.sigmas[name] * noise
+        preds = self.network(inputs)
+        total = 0.0
+        for name in models.members:
+            loss = self.loss_function(preds[name], y).mean()
             total = total + loss
             out[f"loss_{name}"] = loss.detach()
-            if name == self.network.members[0]:
-                out[Keys.PRED] = pred.detach()
+            if name == models.members[0]:
+                out[Keys.PRED] = preds[name].detach()
         total.backward()
         self.optimizer.step()
         out[Keys.LOSS] = total.detach()
@@ -162,7 +173,8 @@ class ModelSaver:
     def __call__(self, engine) -> None:
         from ..utils.checkpoint import save_state_dict
 
-        save_state_dict({k: v.detach().cpu() for k, v in self.models.state_dict().items()}, self.path)
+        models = getattr(self.models, "module", self.models)  # DistributedDataParallel: the plain module's keys
+        save_state_dict({k: v.detach().cpu() for k, v in models.state_dict().items()}, self.path)
         logger.info(f"epoch {engine.state.epoch}: saved {self.path}")
 
 
@@ -215,6 +227,7 @@ class CertifyClassification:
         dataset: certify this map-style dataset instead of the PNG datalist (items as
             :class:`~trust_monai.engines.natural.ImageClassificationDataset`'s, e.g. a
             :class:`~trust_monai.data.slices.SliceClassificationDataset`); ``section`` is then unused.
+        flush_seconds: how often finished rows are saved for a resume (``certify.rank<r>.partial.csv``).
     """
 
     def __init__(self, dataset_dir, output_dir, models: SmoothingModels, checkpoint, num_classes: int,
@@ -222,9 +235,10 @@ class CertifyClassification:
                  n: int = 1000, alpha: float = 0.001, batch_size: int = 500, max_samples: int = 500, skip: int = 1,
                  methods: Sequence[str] = ("rs", "drs"), equal_budget: bool = True,
                  radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), section: str = "test",
-                 in_channels: int | None = 1, dataset=None, device="cpu", seed: int = 0, progress: bool = True):
+                 in_channels: int | None = 1, dataset=None, device="cpu", seed: int = 0, progress: bool = True,
+                 flush_seconds: float = 10.0):
         self.dataset_dir, self.output_dir = Path(dataset_dir), Path(output_dir)
-        self.dataset = dataset
+        self.dataset, self.flush_seconds = dataset, float(flush_seconds)
         self.models, self.checkpoint, self.num_classes = models, checkpoint, int(num_classes)
         self.sigma = float(sigma)
         self.sigma_l, self.sigma_r = float(sigma_l or sigma), float(sigma_r or sigma_l or sigma)
@@ -264,9 +278,17 @@ class CertifyClassification:
         return ImageClassificationDataset(self.dataset_dir, self.section, limit, self.in_channels, self.progress)
 
     def run(self) -> list[dict]:
-        """Certify, write the outputs, return the per-sample rows."""
+        """Certify, write the outputs, return the per-sample rows (every rank's, merged, on rank 0).
+
+        Under ``torchrun`` each rank certifies every ``world``-th image (:func:`trust_monai.utils.dist.shard`) and
+        rank 0 merges the rows; each image's noise is seeded by its index, so the rows equal a single process's.
+        Finished rows are saved to ``certify.rank<r>.partial.csv`` as the run goes (atomically, at most every
+        ``flush_seconds``), so a killed run, or a killed rank, resumes where it stopped.
+        """
+        from ..utils.dist import all_gather_objects, barrier, init_from_env, shard
         from ..utils.fileio import sha256_file
 
+        rank, world = init_from_env(self.device)
         ds = self._dataset()
         load_state_dict(self.models, self.checkpoint)
         self._ckpt_hash = sha256_file(self.checkpoint)[:16]
@@ -275,9 +297,11 @@ class CertifyClassification:
         old = self._read_rows()
         rows: list[dict] = []
         changed = False
+        partial = self.output_dir / f"certify.rank{rank}.partial.csv"
+        last_flush = time.perf_counter()
         for method in self.methods:
             key = _settings_key(self.settings(method))
-            done = {(r["index"]): r for r in old if r.get("settings") == key and r["method"] == method}
+            done = {r["index"]: r for r in old if r.get("settings") == key and r["method"] == method}
             n0, n, bs = self._budget(method)
             if method == "rs":
                 smooth = Smooth(self.models.member("rs"), self.num_classes, self.sigma, seed=self.seed)
@@ -287,7 +311,8 @@ class CertifyClassification:
             from tqdm.auto import tqdm
 
             t_method = time.perf_counter()
-            for i in tqdm(indices, desc=f"certify {method}", disable=not self.progress, leave=False):
+            mine = shard(indices)
+            for i in tqdm(mine, desc=f"certify {method}", disable=not self.progress or rank > 0, leave=False):
                 if str(i) in done:
                     rows.append(done[str(i)])
                     continue
@@ -297,24 +322,47 @@ class CertifyClassification:
                 rec = smooth.last_record.as_row()
                 rows.append({"index": str(i), "path": item["rel"], "settings": key, **{k: rec[k] for k in rec}})
                 changed = True
-            logger.info(f"certified {len(indices)} images with {method} (n0={n0}, n={n} per smoothed input) in "
-                        f"{time.perf_counter() - t_method:.1f}s")
-        outputs = ("certify.csv", "certified_accuracy.csv", "certified_accuracy.md", "certified_accuracy.png")
-        if changed or not all((self.output_dir / f).is_file() for f in outputs):
-            self._write(rows)
-        else:
-            logger.info(f"every image was already certified with these settings; {self.output_dir} left unchanged")
+                if time.perf_counter() - last_flush > self.flush_seconds:
+                    self._write_rows(partial, rows)
+                    last_flush = time.perf_counter()
+            logger.info(f"{'rank %d: ' % rank if world > 1 else ''}certified {len(mine)} images with {method} "
+                        f"(n0={n0}, n={n} per smoothed input) in {time.perf_counter() - t_method:.1f}s")
+        gathered = all_gather_objects((rows, changed))
+        if rank == 0:
+            order = {m: k for k, m in enumerate(self.methods)}
+            rows = sorted((r for part, _ in gathered for r in part), key=lambda r: (order[r["method"]], int(r["index"])))
+            changed = any(c for _, c in gathered)
+            outputs = ("certify.csv", "certified_accuracy.csv", "certified_accuracy.md", "certified_accuracy.png")
+            if changed or not all((self.output_dir / f).is_file() for f in outputs):
+                self._write(rows)
+            else:
+                logger.info(f"every image was already certified with these settings; {self.output_dir} left unchanged")
+            for p in self.output_dir.glob("certify.rank*.partial.csv"):  # merged into certify.csv now
+                p.unlink()
+        elif partial.is_file():
+            partial.unlink()
+        barrier()
         return rows
+
+    def _write_rows(self, path: Path, rows: list[dict]) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self._FIELDS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(path, buf.getvalue())
 
     _FIELDS = ["index", "path", "method", "prediction", "label", "correct", "radius", "n0", "n", "count", "p_lower",
                "count_l", "p_lower_l", "count_r", "p_lower_r", "time", "settings"]
 
     def _read_rows(self) -> list[dict]:
-        path = self.output_dir / "certify.csv"
-        if not path.is_file():
-            return []
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
+        """Rows of a previous run: the merged ``certify.csv`` plus what killed runs left in the partial files."""
+        rows: list[dict] = []
+        for path in [self.output_dir / "certify.csv", *sorted(self.output_dir.glob("certify.rank*.partial.csv"))]:
+            if path.is_file():
+                with open(path, newline="") as f:
+                    rows += list(csv.DictReader(f))
+        return rows
 
     def summary(self, rows: list[dict]) -> list[dict]:
         """Certified accuracy of every method at ``self.radii`` plus clean accuracy and abstention rate."""
@@ -336,11 +384,7 @@ class CertifyClassification:
 
     def _write(self, rows: list[dict]) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self._FIELDS, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_text(self.output_dir / "certify.csv", buf.getvalue())
+        self._write_rows(self.output_dir / "certify.csv", rows)
         table = self.summary(rows)
         cols = list(table[0])
         buf = io.StringIO()
