@@ -33,10 +33,9 @@ def _arg(v) -> str:
     return v if isinstance(v, str) else json.dumps(v)
 
 
-def run_bundle(name: str, config: str, *, from_bundle_dir: bool = False, timeout: int = 600,
-               extra_configs: tuple[str, ...] = (), **overrides):
-    """Run one config of one bundle (merged with the bundle's ``extra_configs`` fragments, in order) with its smoke
-    overrides plus ``overrides``; returns CompletedProcess."""
+def bundle_command(name: str, config: str, *, from_bundle_dir: bool = False, extra_configs: tuple[str, ...] = (),
+                   **overrides) -> tuple[list[str], Path, dict]:
+    """``(argv, cwd, env)`` of the ``python -m monai.bundle run`` command :func:`run_bundle` runs (for Popen)."""
     cwd = BUNDLES_DIR / name if from_bundle_dir else ROOT
     files = [f"configs/{c}.json" if from_bundle_dir else f"bundles/{name}/configs/{c}.json"
              for c in (config, *extra_configs)]
@@ -46,6 +45,15 @@ def run_bundle(name: str, config: str, *, from_bundle_dir: bool = False, timeout
     for k, v in args.items():
         cmd += [f"--{k}", _arg(v)]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return cmd, cwd, env
+
+
+def run_bundle(name: str, config: str, *, from_bundle_dir: bool = False, timeout: int = 600,
+               extra_configs: tuple[str, ...] = (), **overrides):
+    """Run one config of one bundle (merged with the bundle's ``extra_configs`` fragments, in order) with its smoke
+    overrides plus ``overrides``; returns CompletedProcess."""
+    cmd, cwd, env = bundle_command(name, config, from_bundle_dir=from_bundle_dir, extra_configs=extra_configs,
+                                   **overrides)
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -19,7 +19,7 @@ from ignite.engine import Events
 from ..data.datalist import check_readable, load_datalist
 from ..data.io import detect_format, read_image, write_image
 from ..errors import CaseError, CasesFailed, InputFileError
-from ..utils.fileio import atomic_path, atomic_write_json
+from ..utils.fileio import atomic_path, atomic_write_json, remove_stale_temps, sha256_file
 from .manifest import Manifest
 
 __all__ = ["CaseWriter", "read_case_label"]
@@ -48,7 +48,9 @@ class CaseWriter(Workflow):
     naming it and no partial output. A :class:`~trust_monai.errors.CaseError` on one case (mask shape mismatch, NaN
     voxels ...) is recorded as that case's error and the rest of the dataset still completes; the run then ends with
     :class:`~trust_monai.errors.CasesFailed` (non-zero exit). Any other error (a checkpoint that does not fit) stops
-    the run. A rerun skips the cases already in the manifest and retries the failed ones.
+    the run. A rerun skips the cases already in the manifest and retries the failed ones; temp files of a killed run
+    are removed first. An ``output_dir`` holding files but no manifest, or a manifest written with other settings
+    (derivation, seed, de-identification, weights), is refused unless ``overwrite`` (then those cases are redone).
 
     Args:
         dataset_dir: folder with ``dataset.json``.
@@ -120,10 +122,13 @@ class CaseWriter(Workflow):
 
     def _start(self, engine) -> None:
         check_readable([c["entry"] for c in self.cases], self.keys)
+        settings = {"derivation": self.derivation, "seed": self.seed, "deidentify": self.deidentify,
+                    "weights": _weights_fingerprint(self.processor)}
         self.manifest = Manifest(
             self.output_dir, self.bundle, self.config, input_dir=self.dataset_dir, seed=self.seed,
-            overwrite=self.overwrite,
+            overwrite=self.overwrite, settings=settings, refuse_foreign=True,
         )
+        remove_stale_temps(self.output_dir)  # the folder is ours (checked above): leftovers of a killed run
         if self.progress:
             from tqdm.auto import tqdm
 
@@ -149,6 +154,8 @@ class CaseWriter(Workflow):
         src = entry[self.image_key]
         status, metrics = "done", {}
         if not manifest.is_done(src):
+            if not manifest.path.is_file():
+                manifest.save()  # claim the folder before its first output, so a rerun after a kill knows it is ours
             try:
                 if case["process"]:
                     image, meta = read_image(src)
@@ -192,6 +199,22 @@ class CaseWriter(Workflow):
                 f"{len(errors)} of {len(self.manifest.cases)} case(s) failed (listed above and in {self.manifest.path}); "
                 "the other cases are written"
             )
+
+
+def _weights_fingerprint(processor) -> str | None:
+    """Short hash of the weights a processor uses (its ``fingerprint()``, or its ``checkpoint`` file), if it tells."""
+    for obj in (processor, getattr(processor, "purifier", None), getattr(processor, "protector", None)):
+        if obj is None:
+            continue
+        try:
+            if callable(getattr(obj, "fingerprint", None)):
+                return str(obj.fingerprint())
+            ckpt = getattr(obj, "checkpoint", None)
+            if isinstance(ckpt, (str, Path)) and Path(ckpt).is_file():
+                return sha256_file(ckpt)[:16]
+        except OSError:  # weights missing: the processor reports that itself, with the fix
+            return None
+    return None
 
 
 def _remove_stale(dst: Path) -> None:

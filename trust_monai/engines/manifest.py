@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import OutputExistsError
-from ..utils.fileio import atomic_write_json, sha256_file
+from ..utils.fileio import atomic_write_json, is_atomic_temp, sha256_file
 
 __all__ = ["Manifest"]
 
@@ -31,6 +31,12 @@ class Manifest:
         overwrite: replace a manifest written by another bundle / config instead of refusing.
         save_every: rewrite the file every N records (1 = every case). Large datasets (70k PNGs) use more, since each
             rewrite is the whole file; a kill then only loses unsaved records, whose cases are redone on rerun.
+        settings: what the outputs depend on (derivation, seed, weights fingerprint ...), plain JSON values. A rerun
+            whose settings differ from the recorded ones (keys set in both) would mix outputs of two runs, so it is
+            refused; with ``overwrite`` every case is redone instead.
+        refuse_foreign: refuse (unless ``overwrite``) an ``output_dir`` that holds files but no manifest: it is not
+            the output of an earlier run, and writing into it could replace someone's data. The project's own staging
+            folder (``.trust_monai``) and temp files of a killed run do not count.
     """
 
     def __init__(
@@ -42,6 +48,8 @@ class Manifest:
         seed: int | None = None,
         overwrite: bool = False,
         save_every: int = 1,
+        settings: dict | None = None,
+        refuse_foreign: bool = False,
     ):
         self.output_dir = Path(output_dir).resolve()
         if input_dir is not None:
@@ -59,14 +67,36 @@ class Manifest:
             "seed": seed,
             "cases": [],
         }
+        if settings is not None:
+            # through JSON once, so the comparison with a loaded manifest sees the same types (tuples -> lists)
+            self.data["settings"] = json.loads(json.dumps({k: _plain(v) for k, v in settings.items()}))
         if self.path.is_file():
-            old = json.loads(self.path.read_text())
+            try:
+                old = json.loads(self.path.read_text())
+            except ValueError as e:  # written atomically, so only a hand edit or a foreign file gets here
+                raise OutputExistsError(f"{self.path}: not a readable manifest ({e}); choose another --output_dir") from None
             if old.get("bundle") == bundle and old.get("config") == config:
-                self.data["cases"] = old.get("cases", [])
+                changed = _changed_settings(old.get("settings"), self.data.get("settings"))
+                if not changed:
+                    self.data["cases"] = old.get("cases", [])
+                elif not overwrite:
+                    raise OutputExistsError(
+                        f"{self.path}: its outputs were written with other settings ({'; '.join(changed)}); "
+                        "choose another --output_dir or pass --overwrite true to redo every case"
+                    )
             elif not overwrite:
                 raise OutputExistsError(
                     f"{self.path} belongs to {old.get('bundle')}/{old.get('config')}; "
                     "choose another --output_dir or pass --overwrite true"
+                )
+        elif refuse_foreign and not overwrite and self.output_dir.is_dir():
+            foreign = sorted(p.name for p in self.output_dir.iterdir()
+                             if p.name not in ("manifest.json", ".trust_monai") and not is_atomic_temp(p.name))
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+                raise OutputExistsError(
+                    f"{self.output_dir} already holds files ({shown}) and no manifest.json of an earlier run; "
+                    "choose an empty or new --output_dir, or pass --overwrite true to write over same-named files"
                 )
         self._index = {c["input"]: i for i, c in enumerate(self.data["cases"])}
         self.save_every, self._pending = max(1, int(save_every)), 0
@@ -124,6 +154,14 @@ class Manifest:
     @property
     def cases(self) -> list[dict]:
         return self.data["cases"]
+
+
+def _changed_settings(old: dict | None, new: dict | None) -> list[str]:
+    """``key: old -> new`` for each setting recorded in both manifests with different values."""
+    if not old or not new:
+        return []  # a manifest from before settings were recorded, or a caller that records none
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
+            if old[k] is not None and new[k] is not None and old[k] != new[k]]
 
 
 def _plain(v):

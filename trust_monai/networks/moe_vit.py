@@ -300,7 +300,18 @@ def build_vit(backbone: str = "vit_tiny_patch16_224", pretrained_file: str | Non
         if not Path(pretrained_file).is_file():
             raise InputFileError(pretrained_file, "pretrained backbone file not found (a local state dict is needed)")
         kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained_file))
-    return timm.create_model(backbone, pretrained=bool(pretrained_file), **kwargs)
+        try:
+            # timm loads with weights_only=True (or safetensors); its refusals and mismatches name the file here
+            return timm.create_model(backbone, pretrained=True, **kwargs)
+        except Exception as e:  # noqa: BLE001 - pickle refusal, truncated file, another backbone's weights
+            from ..utils.checkpoint import refusal_reason
+
+            text = " ".join(str(e).split())
+            if "weights_only" in text or "pickle" in text.lower():
+                raise InputFileError(pretrained_file, refusal_reason(e)) from e
+            raise InputFileError(pretrained_file, f"cannot load as {backbone} weights: {type(e).__name__}: "
+                                                  f"{text[:200]}") from e
+    return timm.create_model(backbone, pretrained=False, **kwargs)
 
 
 class MoEViT(nn.Module):

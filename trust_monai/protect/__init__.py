@@ -81,17 +81,23 @@ def save_poison(module, path: str | os.PathLike):
 
 def load_poison(path: str | os.PathLike, map_location="cpu"):
     """Rebuild a poison written by :func:`save_poison` (loaded with ``weights_only=True``)."""
+    import pickle
+
     import torch
 
     from ..errors import InputFileError
+    from ..utils.checkpoint import refusal_reason
 
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
         name, cfg, state = blob["poison"], dict(blob["config"]), blob["state_dict"]
     except FileNotFoundError:
         raise InputFileError(path, "noise file not found; run the bundle's train.json first (same --ckpt_dir)") from None
+    except pickle.UnpicklingError as e:  # carries code, or types other than tensors and numbers
+        raise InputFileError(path, refusal_reason(e)) from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported by name
-        raise InputFileError(path, f"not a poison file written by trust_monai ({type(e).__name__}: {e})") from None
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise InputFileError(path, f"not a poison file written by trust_monai ({reason})") from None
     if name.startswith("em_"):
         module = ErrorMinimizingNoise(**cfg)
     elif name == "lsp":

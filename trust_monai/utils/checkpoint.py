@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InputFileError
 
-__all__ = ["load_state_dict", "save_state_dict"]
+__all__ = ["load_state_dict", "refusal_reason", "save_state_dict"]
 
 
 def load_state_dict(module, path: str | os.PathLike, strict: bool = True, key: str | None = None, hint: str = ""):
@@ -30,9 +30,9 @@ def load_state_dict(module, path: str | os.PathLike, strict: bool = True, key: s
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise InputFileError(path, f"refused: not a plain state dict (weights_only load failed: {str(e)[:120]})") from e
+        raise InputFileError(path, refusal_reason(e)) from e
     except Exception as e:  # truncated zip, wrong format
-        raise InputFileError(path, f"cannot read checkpoint: {type(e).__name__}: {str(e)[:120]}") from e
+        raise InputFileError(path, f"cannot read checkpoint: {type(e).__name__}: {_squash(str(e))}") from e
     if key is not None:
         if key not in state:
             raise InputFileError(path, f"checkpoint has no '{key}' entry (entries: {', '.join(map(str, state))})")
@@ -62,6 +62,20 @@ def load_state_dict(module, path: str | os.PathLike, strict: bool = True, key: s
             + (hint or "retrain or match the config it was trained with")
         ) from e
     return module
+
+
+def refusal_reason(e: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused a file, naming the blocked global if any."""
+    import re
+
+    blocked = re.search(r"(?:GLOBAL|globals:) ([\w.]+)", str(e), flags=re.IGNORECASE)
+    what = f"it calls {blocked.group(1)}, which could run code" if blocked else _squash(str(e))
+    return f"refused: not a plain state dict of tensors ({what}); only load checkpoints you or this project made"
+
+
+def _squash(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _key_diff(expected: dict, got: dict) -> tuple[list[str], list[str]]:

@@ -6,11 +6,25 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "sha256_file"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "is_atomic_temp",
+    "remove_stale_temps",
+    "sha256_file",
+]
+
+# ".<target name>.<8 random chars from mkstemp/mkdtemp>.tmp<target suffixes>": the only names atomic_path (and the
+# DICOM / NRRD folder writers in data.io) create, so a leftover one is known to be ours
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\..*)?$")
 
 
 @contextlib.contextmanager
@@ -34,8 +48,6 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             if tmp_path.is_dir():
-                import shutil
-
                 shutil.rmtree(tmp_path)
             else:
                 tmp_path.unlink()
@@ -66,6 +78,34 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(target: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
     """Write ``obj`` as JSON to ``target`` atomically."""
     return atomic_write_text(target, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def is_atomic_temp(name: str) -> bool:
+    """True for the name of a temporary file or folder made by :func:`atomic_path` (left behind by a killed run)."""
+    return bool(_TEMP_NAME.match(name))
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files / folders a killed run left under ``folder`` (only names :func:`is_atomic_temp`).
+
+    A SIGKILL between creating the temp file and the rename leaves it behind; the finished output was never there,
+    so removing it loses nothing. Call it only on a folder this run owns (an output folder), before writing.
+
+    Returns:
+        The paths removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.rglob(".*") if is_atomic_temp(p.name)]
+    removed = []
+    for p in sorted(stale, key=lambda q: len(q.parts)):  # parents first; a temp folder's content goes with it
+        if any(r in p.parents for r in removed):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            removed.append(p)
+    return removed
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
