@@ -91,7 +91,7 @@ class Manifest:
                 )
         elif refuse_foreign and not overwrite and self.output_dir.is_dir():
             foreign = sorted(p.name for p in self.output_dir.iterdir()
-                             if p.name not in ("manifest.json", ".trust_monai") and not is_atomic_temp(p.name))
+                             if p.name not in ("manifest.json", ".trust_monai") and _holds_data(p))
             if foreign:
                 shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
                 raise OutputExistsError(
@@ -154,6 +154,15 @@ class Manifest:
     @property
     def cases(self) -> list[dict]:
         return self.data["cases"]
+
+
+def _holds_data(path: Path) -> bool:
+    """A file, or a folder with a file somewhere, that is not a temp file of a killed run (empty folders hold none)."""
+    if is_atomic_temp(path.name):
+        return False
+    if not path.is_dir() or path.is_symlink():
+        return True
+    return any(_holds_data(p) for p in path.iterdir())
 
 
 def _changed_settings(old: dict | None, new: dict | None) -> list[str]:
