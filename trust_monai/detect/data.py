@@ -400,11 +400,16 @@ class ForgeryDataset(torch.utils.data.Dataset):
     def balanced_sampler(self, num_samples: int | None = None, seed: int = 0):
         """Draw real and fake equally often: ``num_samples`` (default twice the smaller class) per epoch, with
         replacement. Fakes of several kinds outnumber the reals; an epoch then sees every real about once and a fresh
-        draw of fakes, instead of the fakes' many near-copies of each real."""
+        draw of fakes, instead of the fakes' many near-copies of each real. Under ``torchrun`` each rank draws its
+        ``1 / world`` share with its own seed, so an epoch is as long in total as in one process."""
+        from ..utils.dist import rank_world
+
+        rank, world = rank_world()
         labels = torch.tensor([max(lb, 0) for lb in self.labels])
         counts = torch.bincount(labels, minlength=2).float().clamp(min=1)
         n = int(num_samples) if num_samples else int(2 * counts.min().item())
-        gen = torch.Generator().manual_seed(int(seed))
+        n = max(1, n // world)
+        gen = torch.Generator().manual_seed(int(seed) + rank)
         return torch.utils.data.WeightedRandomSampler((1.0 / counts)[labels].double(), n, replacement=True,
                                                       generator=gen)
 
