@@ -12,6 +12,10 @@ cd "$(dirname "$0")/.."
 VENV="${TRUST_MONAI_LABEL_VENV:-$PWD/.venv-monailabel}"
 PY="${PYTHON:-python3}"
 
+# one build at a time (parallel test workers, two shells): the others wait, then find it up to date
+mkdir -p "$VENV"
+exec 9>"$VENV/.setup.lock"
+flock 9
 if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup_monailabel] creating venv $VENV"
     "$PY" -m venv "$VENV"

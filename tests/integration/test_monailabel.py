@@ -33,8 +33,6 @@ STUDIES = ("mni152_z060", "mni152_z065", "mni152_z070")
 # the detector at bundles/moe_ffd's smoke sizes (metadata.json trust_monai.smoke_overrides)
 DETECT = {"img_size": 32, "embed_dim": 32, "depth": 2, "num_heads": 2, "lora_ranks": [2, 4]}
 
-pytestmark = pytest.mark.xdist_group("monailabel")  # one worker: one environment build, one server
-
 
 def _registry_reachable() -> bool:
     """Whether pip's configured index answers (the only reason to skip rather than fail)."""
@@ -166,7 +164,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_info_lists_the_three_tasks(server):
+def _check_info(server):
     status, _, body = _request(f"{server['url']}/info/")
     info = json.loads(body)
     assert status == 200
@@ -178,7 +176,7 @@ def test_info_lists_the_three_tasks(server):
     assert info["datastore"]["total"] == len(STUDIES) and info["datastore"]["label_tags"] == {"final": len(STUDIES)}
 
 
-def test_certified_segmentation(server):
+def _check_certified_segmentation(server):
     """The label file has the study's grid and geometry; values are classes or the abstain class; the JSON beside it
     gives the certified fraction (the share of non-abstain pixels) and the RS radius sigma * PhiInv(tau)."""
     import nibabel as nib
@@ -205,12 +203,12 @@ def test_certified_segmentation(server):
     assert (params["n0"], params["n"]) == (10, 200)
 
 
-def test_bad_study_is_a_clear_error(server):
+def _check_unknown_study(server):
     status, _, body = _request(f"{server['url']}/infer/certified_segmentation?image=no_such_study", "POST", {})
     assert status == 404 and "no_such_study" in json.loads(body)["detail"]
 
 
-def test_synthetic_scan_scores_are_stored_per_study(server):
+def _check_synthetic_scan_scoring(server):
     """The start-up scoring (a subprocess MONAI Label runs) and a synchronous rescoring both store a score in [0, 1]
     per study in the datastore."""
     url = server["url"]
@@ -238,7 +236,7 @@ def test_synthetic_scan_scores_are_stored_per_study(server):
     assert all(r.get("skipped") for r in again.values())
 
 
-def test_protect_batch_task(server):
+def _check_protect(server):
     """Protected copies land in the protect folder (outside the studies), differ from the study only inside the mask
     and its contour band and by at most epsilon; the studies are untouched. Without the generator: HTTP 503 naming
     the train command."""
@@ -283,8 +281,15 @@ def test_protect_batch_task(server):
     assert status == 503 and "generator_2d.pt" in detail and "bundles/umed/configs/train.json" in detail
 
 
-def test_server_stops_by_pid(server):
-    """Last: the fixture's stop (by PID) ends the server; checked here so a hanging shutdown fails a test."""
+def test_monailabel_server(server):
+    """One test, the steps in order on one server: pytest-xdist's ``--dist loadgroup`` does not keep a group on one
+    worker here (xdist 3.8 with pytest 9), and separate tests could land on two workers, each building a server."""
+    _check_info(server)
+    _check_certified_segmentation(server)
+    _check_unknown_study(server)
+    _check_synthetic_scan_scoring(server)
+    _check_protect(server)
+    # the server stops by its PID (the fixture does it again in its finally, a no-op then)
     proc = server["proc"]
-    _stop(proc)
+    _timed("stop (SIGINT)", _stop, proc)
     assert proc.returncode is not None
