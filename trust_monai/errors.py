@@ -9,6 +9,7 @@ __all__ = [
     "DatalistError",
     "BundleError",
     "OutputExistsError",
+    "ArgumentError",
     "CaseError",
     "CasesFailed",
 ]
@@ -41,6 +42,10 @@ class BundleError(TrustMonaiError):
 
 class OutputExistsError(TrustMonaiError):
     """An output would overwrite existing data or be written into the input folder."""
+
+
+class ArgumentError(TrustMonaiError, ValueError):
+    """A public function got an argument it cannot use (a shape, suffix, mode or range); also a ``ValueError``."""
 
 
 class CaseError(TrustMonaiError):

@@ -160,6 +160,15 @@ def _validate(data: Any, json_path: Path) -> None:
 
 def _resolve_entry_path(value: str, root: Path, root_resolved: Path, allow_outside: bool, where: str) -> str:
     """Absolute path of one datalist value, refusing absolute paths and escapes unless ``allow_outside``."""
+    if "\x00" in value:
+        raise DatalistError(f"{where}: path {value!r} holds a NUL byte; refused")
+    try:
+        return _resolve_checked(value, root, root_resolved, allow_outside, where)
+    except (OSError, RuntimeError) as e:  # a symlink loop, a name too long for the filesystem
+        raise DatalistError(f"{where}: path {value!r} cannot be resolved ({getattr(e, 'strerror', None) or e})") from None
+
+
+def _resolve_checked(value: str, root: Path, root_resolved: Path, allow_outside: bool, where: str) -> str:
     candidate = Path(value)
     if candidate.is_absolute():
         if not allow_outside:

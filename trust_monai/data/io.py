@@ -35,7 +35,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from trust_monai.errors import InputFileError, OutputExistsError, TrustMonaiError
+from trust_monai.errors import ArgumentError, InputFileError, OutputExistsError, TrustMonaiError
 from trust_monai.utils.fileio import atomic_path
 
 __all__ = [
@@ -150,9 +150,13 @@ def detect_format(path: str | os.PathLike) -> str:
         InputFileError: the path does not exist or is not one of the supported formats.
     """
     p = Path(path)
-    if not p.exists():
+    try:
+        exists, is_dir = p.exists(), p.is_dir()
+    except (OSError, ValueError) as e:  # a name too long for the filesystem, a NUL byte, a symlink loop
+        raise InputFileError(p, f"cannot access: {getattr(e, 'strerror', None) or e}") from None
+    if not exists:
         raise InputFileError(p, "does not exist")
-    if p.is_dir():
+    if is_dir:
         return "dicom"
     name = p.name.lower()
     if name.endswith((".nii", ".nii.gz")):
@@ -242,11 +246,12 @@ def write_image(
 
     Raises:
         OutputExistsError: ``out_path`` is (or is inside) the input, or is a non-empty folder for a DICOM series.
-        ValueError: ``out_path`` suffix does not match ``meta.format``, or a DICOM array does not fit the source.
+        ArgumentError: (a ``ValueError``) ``out_path`` suffix does not match ``meta.format``, the array's rank or
+            values cannot be stored in that format, or a DICOM array does not fit the source.
     """
     out = Path(out_path)
     if meta.format not in IMAGE_FORMATS:
-        raise ValueError(f"unknown image format {meta.format!r}; expected one of {IMAGE_FORMATS}")
+        raise ArgumentError(f"unknown image format {meta.format!r}; expected one of {IMAGE_FORMATS}")
     _check_not_input(out, meta)
     if hasattr(array, "detach"):  # a torch tensor / MetaTensor from a bundle; no torch import needed
         array = array.detach().cpu().numpy()
@@ -395,7 +400,7 @@ def _to_stored(
         return np.where(np.isfinite(v), np.clip(v, info.min, info.max), v).astype(dtype)
     if dtype.kind == "b":
         return values.astype(bool)
-    raise ValueError(f"cannot write values as dtype {dtype}")
+    raise ArgumentError(f"cannot write values as dtype {dtype}")
 
 
 def _check_not_input(out: Path, meta: ImageMeta) -> None:
@@ -424,7 +429,7 @@ def _check_suffix(out: Path, fmt: str) -> None:
     name = out.name.lower()
     allowed = {"nifti": (".nii", ".nii.gz"), "nrrd": (".nrrd", ".nhdr"), "png": (".png",)}[fmt]
     if not name.endswith(allowed):
-        raise ValueError(f"{out}: a {fmt} image must be written to a file ending in {' or '.join(allowed)}")
+        raise ArgumentError(f"{out}: a {fmt} image must be written to a file ending in {' or '.join(allowed)}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1024,19 +1029,19 @@ def _write_dicom(array: np.ndarray, meta: ImageMeta, out: Path, derivation: str,
 
     headers = list(meta.header or [])
     if not headers:
-        raise ValueError("meta.header holds no DICOM slice headers")
+        raise ArgumentError("meta.header holds no DICOM slice headers")
     h0 = headers[0]
     expected = (int(h0.Columns), int(h0.Rows), len(headers))
     if array.ndim == 2 and len(headers) == 1:
         array = array[:, :, None]
     if tuple(array.shape) != expected:
-        raise ValueError(f"DICOM array shape {array.shape} does not match the source slices {expected} (cols, rows, n)")
+        raise ArgumentError(f"DICOM array shape {array.shape} does not match the source slices {expected} (cols, rows, n)")
     header_affine = _sort_and_geometry([(Path(meta.source), h) for h in headers], Path(meta.source))[1]
     if not np.allclose(header_affine, meta.affine, atol=1e-4):
-        raise ValueError("DICOM geometry comes from the slice headers; meta.affine was changed and cannot be written")
+        raise ArgumentError("DICOM geometry comes from the slice headers; meta.affine was changed and cannot be written")
     single = len(headers) == 1 and out.suffix.lower() in _DICOM_SUFFIXES
     if out.suffix.lower() in _DICOM_SUFFIXES and not single:
-        raise ValueError(f"{out}: a {len(headers)}-slice series is written to a folder, not a .dcm file")
+        raise ArgumentError(f"{out}: a {len(headers)}-slice series is written to a folder, not a .dcm file")
     series_uid = generate_uid()
     slices = [_derived_slice(h, array[:, :, k], series_uid, derivation, code) for k, h in enumerate(headers)]
     if deidentify:

@@ -22,6 +22,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, RandomizableTransform
 from monai.utils import convert_data_type, convert_to_dst_type
 
+from ..errors import ArgumentError
+
 __all__ = [
     "random_blob",
     "CopyMoveForgery",
@@ -34,7 +36,12 @@ __all__ = [
 
 
 def _np(img) -> np.ndarray:
-    return np.asarray(convert_data_type(img, np.ndarray)[0], dtype=np.float32)
+    arr = np.asarray(convert_data_type(img, np.ndarray)[0], dtype=np.float32)
+    if arr.ndim < 2 or arr.size == 0:
+        raise ArgumentError(f"forgery transforms need a channel-first image (C, *spatial), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ArgumentError("forgery transforms: the image has NaN or Inf values (or values beyond float32)")
+    return arr
 
 
 def _foreground(img: np.ndarray) -> np.ndarray:
@@ -100,7 +107,7 @@ class CopyMoveForgery(Randomizable):
     def __init__(self, mode: str = "inject", radius: tuple[float, float] = (0.06, 0.16), min_shift: float = 0.15,
                  sigma: tuple[float, float] = (0.8, 2.5), contrast: tuple[float, float] = (0.8, 1.3)):
         if mode not in ("inject", "remove"):
-            raise ValueError(f"mode must be 'inject' or 'remove', got {mode!r}")
+            raise ArgumentError(f"mode must be 'inject' or 'remove', got {mode!r}")
         self.mode, self.radius, self.min_shift, self.sigma, self.contrast = mode, radius, min_shift, sigma, contrast
         self.last_mask: np.ndarray | None = None
 

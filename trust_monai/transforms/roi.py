@@ -84,8 +84,14 @@ def texture_map(image: torch.Tensor, region: torch.Tensor, floor: float = 0.25) 
         (B, 1, *spatial) float weights.
     """
     _check_batched(image, "image")
+    if not bool(torch.isfinite(image).all()):
+        raise TrustMonaiError("texture map: the image has NaN or Inf voxels")
     sd = image.ndim - 2
     x = image.float().mean(dim=1, keepdim=True)
+    peak = float(x.abs().max()) if x.numel() else 0.0
+    if peak > 1e15:
+        # squared gradients of values this large overflow float32 (inf, then NaN budgets); the map is scale-free
+        x = x / peak
     kernels = _sobel_kernels(sd, x.device, x.dtype)
     conv = F.conv2d if sd == 2 else F.conv3d
     pad = (1,) * (2 * sd)

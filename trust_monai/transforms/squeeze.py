@@ -39,7 +39,7 @@ def _back(arr: np.ndarray, like, was_tensor: bool):
 
 
 def _check(arr: np.ndarray, name: str) -> None:
-    if arr.ndim < 3:
+    if arr.ndim < 3 or arr.size == 0:
         raise TrustMonaiError(f"{name} needs a channel-first image (C, H, W) or (C, H, W, D), got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise TrustMonaiError(f"{name}: the image has NaN or Inf values")
