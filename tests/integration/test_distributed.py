@@ -132,3 +132,25 @@ def test_multi_gpu_train_config_runs_under_torchrun(name, tmp_path):
     if name.startswith("drs"):
         net = resolve_id(name, "train", "models", dataset_dir=args["dataset_dir"])
     net.load_state_dict(state)
+
+
+def test_sharded_detection_equals_one_process(tmp_path):
+    """MoE-FFD inference under torchrun: each rank scores its shard, rank 0 writes the one report, equal to a single
+    process's."""
+    from tests.integration.bundle_harness import resolve_id, smoke_overrides
+
+    ckpt = tmp_path / "models"
+    dataset_dir = str(resolve_id("moe_ffd", "train", "dataset_dir"))
+    proc = run_bundle("moe_ffd", "train", ckpt_dir=str(ckpt), dataset_dir=dataset_dir, output_dir=str(tmp_path / "t"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = run_bundle("moe_ffd", "inference", ckpt_dir=str(ckpt), dataset_dir=dataset_dir, output_dir=str(one))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps({**smoke_overrides("moe_ffd", "inference"), "ckpt_dir": str(ckpt),
+                                     "dataset_dir": dataset_dir, "output_dir": str(two)}))
+    proc = torchrun("--config_file", str(ROOT / "bundles/moe_ffd/configs/inference.json"), "--args_file",
+                    str(args_file))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (json.loads((d / "report.json").read_text()) for d in (one, two))
+    assert len(a["images"]) > 2 and a["images"] == b["images"] and a["volumes"] == b["volumes"]

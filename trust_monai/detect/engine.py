@@ -106,13 +106,21 @@ class DetectionInference:
 
     # ------------------------------------------------------------------------------------------------ scoring
     def score(self) -> list[dict]:
-        """One record per dataset item: ``score`` (and ``slice_scores`` for a volume)."""
+        """One record per dataset item: ``score`` (and ``slice_scores`` for a volume).
+
+        Under ``torchrun`` each rank scores every ``world``-th item and every rank gets all records back, in dataset
+        order (only rank 0 writes; see :meth:`run`).
+        """
         from tqdm.auto import tqdm
 
+        from ..utils.dist import all_gather_objects, init_from_env
+
+        rank, world = init_from_env(self.device)
         load_detector(self.network, self.checkpoint)
         self.network.to(self.device).eval()
         records = []
-        items = self.dataset.items
+        mine = list(range(len(self.dataset.items)))[rank::world]
+        items = [self.dataset.items[k] for k in mine]
         i = 0
         bar = tqdm(total=len(items), desc="score", disable=None if self.progress else True, leave=False)
         while i < len(items):
@@ -132,7 +140,10 @@ class DetectionInference:
             bar.update(j - i)
             i = j
         bar.close()
-        return records
+        if world == 1:
+            return records
+        merged = sorted((k, r) for part in all_gather_objects(list(zip(mine, records))) for k, r in part)
+        return [r for _, r in merged]
 
     def _record(self, item: dict, score: float, slice_scores=None) -> dict:
         r = {"image": item["rel"], "sha256": sha256_file(item["path"]), "score": round(float(score), 6),
@@ -199,7 +210,11 @@ class DetectionInference:
         return heatmap_png(rows, self.output_dir / "heatmaps.png")
 
     def run(self) -> list[dict]:
+        from ..utils.dist import is_main
+
         records = self.score()
+        if not is_main():  # rank 0 writes the merged report
+            return records
         self.write_report(records)
         self.write_heatmaps(records)
         logger.info("scored %d images into %s", len(records), self.output_dir / "report.json")
@@ -262,7 +277,11 @@ class DetectionEvaluation(DetectionInference):
         return rows, curves
 
     def run(self) -> list[dict]:
+        from ..utils.dist import is_main
+
         records = self.score()
+        if not is_main():
+            return records
         rows, curves = self.rows(records)
         if not rows:
             raise InputFileError(self.dataset.dataset_dir / "dataset.json", "evaluation needs 'label' in the entries")
