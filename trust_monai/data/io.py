@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -224,7 +225,9 @@ def write_image(
     DICOM is written as one file per slice into the folder ``out_path`` (or a single file when the source had one
     slice and ``out_path`` ends in ``.dcm``), with every input header kept except: a new SOPInstanceUID per slice
     (also in the file meta), one new SeriesInstanceUID, ImageType ``DERIVED\\SECONDARY``, DerivationDescription,
-    a SourceImageSequence pointing at the input slice, uncompressed Explicit VR Little Endian pixel data.
+    a SourceImageSequence pointing at the input slice, uncompressed Explicit VR Little Endian pixel data. The new
+    UIDs are derived from the source UIDs, the derivation and the pixel values, so writing the same result twice gives
+    the same bytes, and a different result different UIDs.
     For NIfTI the derivation goes into ``descrip`` (80 bytes), for NRRD into a ``derivation:=`` key/value, for PNG
     into a ``Derivation`` text chunk.
 
@@ -621,6 +624,7 @@ def _write_nrrd(array: np.ndarray, meta: ImageMeta, out: Path, derivation: str, 
     if not out.name.lower().endswith(".nhdr"):
         with atomic_path(out) as tmp:
             nrrd.write(str(tmp), data, header, index_order="F")
+            _strip_nrrd_timestamp(tmp)
         return
     # Detached header: write header and data into a temp folder, then move the data file first and the header
     # last, so a reader never sees a header whose data file is missing or half written.
@@ -629,10 +633,31 @@ def _write_nrrd(array: np.ndarray, meta: ImageMeta, out: Path, derivation: str, 
     try:
         data_name = _nhdr_data_name(out, header)
         nrrd.write(str(tmpdir / out.name), data, header, detached_header=str(tmpdir / data_name), index_order="F")
+        _strip_nrrd_timestamp(tmpdir / out.name)
         os.replace(tmpdir / data_name, out.parent / data_name)
         os.replace(tmpdir / out.name, out)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+_NRRD_TIMESTAMP = re.compile(rb"# on \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\(GMT\)\.\n")
+
+
+def _strip_nrrd_timestamp(path: Path) -> None:
+    """Drop the ``# on <UTC time>(GMT).`` comment pynrrd writes into every header, so equal images give equal files
+    (a rerun of a protection run must be byte-identical); the header is otherwise untouched."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    end = head.find(b"\n\n")
+    m = _NRRD_TIMESTAMP.search(head, 0, end if end >= 0 else len(head))
+    if m is None:
+        return
+    stripped = path.with_name(path.name + ".strip")  # beside the temp file it replaces, inside the same temp naming
+    with open(path, "rb") as src, open(stripped, "wb") as dst:
+        dst.write(head[: m.start()])
+        src.seek(m.end())
+        shutil.copyfileobj(src, dst, 1 << 22)
+    os.replace(stripped, path)
 
 
 def _nrrd_itemsize(nrrd_type: str) -> int:
@@ -931,7 +956,7 @@ def _derivation_code_item(code: Any):
     return item
 
 
-def _derived_slice(hdr, values: np.ndarray, series_uid: str, derivation: str, code: Any):
+def _derived_slice(hdr, values: np.ndarray, series_uid: str, derivation: str, code: Any, uid: str | None = None):
     """A copy of the input slice header with new pixels and the identity/derivation fields of a derived image."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -945,7 +970,7 @@ def _derived_slice(hdr, values: np.ndarray, series_uid: str, derivation: str, co
     for stale in ("LargestImagePixelValue", "SmallestImagePixelValue"):  # would describe the old pixels
         if stale in ds:
             delattr(ds, stale)
-    uid = generate_uid()
+    uid = uid or generate_uid()
     source_ref = Dataset()
     source_ref.ReferencedSOPClassUID = hdr.SOPClassUID
     source_ref.ReferencedSOPInstanceUID = hdr.SOPInstanceUID
@@ -1042,8 +1067,18 @@ def _write_dicom(array: np.ndarray, meta: ImageMeta, out: Path, derivation: str,
     single = len(headers) == 1 and out.suffix.lower() in _DICOM_SUFFIXES
     if out.suffix.lower() in _DICOM_SUFFIXES and not single:
         raise ArgumentError(f"{out}: a {len(headers)}-slice series is written to a folder, not a .dcm file")
-    series_uid = generate_uid()
-    slices = [_derived_slice(h, array[:, :, k], series_uid, derivation, code) for k, h in enumerate(headers)]
+    # UIDs derived from the source, the derivation and the pixels, not random: the same run writes the same bytes
+    # (a rerun or a second run with the same seed is byte-identical), while any other content gets other UIDs
+    import hashlib
+
+    content = hashlib.sha256(np.ascontiguousarray(array).tobytes() + str((array.dtype, array.shape)).encode())
+    series_uid = generate_uid(entropy_srcs=[
+        "trust_monai derived series", str(h0.get("SeriesInstanceUID", "")), derivation, repr(code), str(deidentify),
+        content.hexdigest(),
+    ])
+    slices = [_derived_slice(h, array[:, :, k], series_uid, derivation, code,
+                             uid=generate_uid(entropy_srcs=[series_uid, str(h.get("SOPInstanceUID", "")), str(k)]))
+              for k, h in enumerate(headers)]
     if deidentify:
         for ds in slices:
             deidentify_header(ds)
