@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -114,15 +113,7 @@ def _synthetic_dataset(dest: Path, n_train: int) -> Path:
     return dest
 
 
-@pytest.fixture(scope="module")
-def umed_ckpt(tmp_path_factory):
-    ckpt = tmp_path_factory.mktemp("umed_models")
-    _check(run_bundle("umed", "train", epochs=1, ckpt_dir=str(ckpt),
-                      output_dir=str(tmp_path_factory.mktemp("umed_train"))), "umed train")
-    return ckpt
-
-
-def test_protect_survives_sigkill(umed_ckpt, tmp_path):
+def test_protect_survives_sigkill(trained, tmp_path):
     """Two SIGKILLs (at the first output file; after a few more cases of the rerun), then a rerun: the output equals an
     uninterrupted run byte for byte, every case once, no temp files, manifest sha256 = files on disk, input intact."""
     from trust_monai.utils.fileio import sha256_file
@@ -132,7 +123,7 @@ def test_protect_survives_sigkill(umed_ckpt, tmp_path):
         data = _synthetic_dataset(tmp_path / f"data{attempt}", n)
         out = tmp_path / f"out{attempt}"
         log = tmp_path / f"log{attempt}.txt"
-        common = {"dataset_dir": str(data), "output_dir": str(out), "ckpt_dir": str(umed_ckpt), "progress": False}
+        common = {"dataset_dir": str(data), "output_dir": str(out), "ckpt_dir": str(trained("umed")), "progress": False}
         # kill 1: as soon as anything (a temp file, usually) appears where the first protected scan goes
         killed = _run_until("umed", "inference", lambda: any((out / "imagesTr").glob("*")) if out.is_dir() else False,
                             log, **common)
@@ -163,11 +154,11 @@ def test_protect_survives_sigkill(umed_ckpt, tmp_path):
     assert sha256_file(data) == input_hash, "the input dataset was modified"
 
 
-def test_protect_removes_temp_files_of_a_killed_run(umed_ckpt, tmp_path):
+def test_protect_removes_temp_files_of_a_killed_run(trained, tmp_path):
     """The state a kill leaves between temp-file creation and rename (and between write and record) is cleaned up."""
     data = _synthetic_dataset(tmp_path / "data", 8)
     out = tmp_path / "out"
-    common = {"dataset_dir": str(data), "output_dir": str(out), "ckpt_dir": str(umed_ckpt), "progress": False}
+    common = {"dataset_dir": str(data), "output_dir": str(out), "ckpt_dir": str(trained("umed")), "progress": False}
     _check(run_bundle("umed", "inference", **common), "first run")
     ref = _tree(out)
     cases = _manifest_cases(out)
@@ -216,20 +207,12 @@ def _compare_certify_outputs(out: Path, ref: Path):
             assert got[rel] == want[rel], f"{rel} differs from the uninterrupted run's"
 
 
-@pytest.fixture(scope="module")
-def drs_natural_ckpt(tmp_path_factory):
-    ckpt = tmp_path_factory.mktemp("drs_natural_models")
-    _check(run_bundle("drs_natural", "train", epochs=1, ckpt_dir=str(ckpt),
-                      output_dir=str(tmp_path_factory.mktemp("drs_natural_train"))), "drs_natural train")
-    return ckpt
-
-
-def test_certify_classification_survives_sigkill(drs_natural_ckpt, tmp_path):
+def test_certify_classification_survives_sigkill(trained, tmp_path):
     """Kill once the first partial certificate rows are saved, rerun: rows equal an uninterrupted run's, no partials."""
     samples = 24
     for attempt in range(KILL_RETRIES):
         out = tmp_path / f"out{attempt}"
-        common = {"ckpt_dir": str(drs_natural_ckpt), "output_dir": str(out), "max_samples": samples,
+        common = {"ckpt_dir": str(trained("drs_natural")), "output_dir": str(out), "max_samples": samples,
                   "progress": False, "evaluator#flush_seconds": 0}
         killed = _run_until("drs_natural", "inference", lambda: any(out.glob("certify.rank*.partial.csv")),
                             tmp_path / "log.txt", **common)
@@ -248,20 +231,12 @@ def test_certify_classification_survives_sigkill(drs_natural_ckpt, tmp_path):
     assert len(rows) == len({(r["method"], r["index"]) for r in rows}) == 2 * samples, "every image once per method"
 
 
-@pytest.fixture(scope="module")
-def drs_ckpt(tmp_path_factory):
-    ckpt = tmp_path_factory.mktemp("drs_models")
-    _check(run_bundle("drs", "train", epochs=1, ckpt_dir=str(ckpt),
-                      output_dir=str(tmp_path_factory.mktemp("drs_train"))), "drs train")
-    return ckpt
-
-
-def test_certify_segmentation_survives_sigkill(drs_ckpt, tmp_path):
+def test_certify_segmentation_survives_sigkill(trained, tmp_path):
     """Kill once the manifest records a case, rerun: certified label maps equal an uninterrupted run's."""
     cases = 6
     for attempt in range(KILL_RETRIES):
         out = tmp_path / f"out{attempt}"
-        common = {"ckpt_dir": str(drs_ckpt), "output_dir": str(out), "max_cases": cases, "progress": False}
+        common = {"ckpt_dir": str(trained("drs")), "output_dir": str(out), "max_cases": cases, "progress": False}
         killed = _run_until("drs", "inference", lambda: len(_manifest_cases(out)) >= 1, tmp_path / "log.txt", **common)
         if killed:
             break

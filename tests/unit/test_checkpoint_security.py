@@ -29,7 +29,7 @@ class _Payload:
 
 
 def _plant(kind: str, folder: Path) -> tuple[Path, Path]:
-    """A malicious checkpoint in one of the ways one arrives: torch.save'd zip, raw pickle, tensor dict with a payload."""
+    """A malicious checkpoint as one arrives: a torch.save'd zip, a raw pickle, a state dict with a payload entry."""
     marker = folder / f"PWNED_{kind}"
     path = folder / f"evil_{kind}.pt"
     if kind == "torch_zip":

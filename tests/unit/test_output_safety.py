@@ -132,7 +132,8 @@ def test_resume_with_other_weights_refused_then_redone_on_overwrite(tmp_path):
         _writer(data, out, _Add(2.0, ckpt)).run()
     _writer(data, out, _Add(2.0, ckpt), overwrite=True).run()
     for i in range(3):  # every case redone with the new weights, none kept from the first run
-        np.testing.assert_allclose(_image(out / "images" / f"c{i}.nii.gz"), _image(data / "images" / f"c{i}.nii.gz") + 2)
+        name = f"images/c{i}.nii.gz"
+        np.testing.assert_allclose(_image(out / name), _image(data / name) + 2)
     cases = json.loads((out / "manifest.json").read_text())["cases"]
     assert [c["metrics"]["added"] for c in cases] == [2.0, 2.0, 2.0]
 

@@ -165,7 +165,8 @@ def _resolve_entry_path(value: str, root: Path, root_resolved: Path, allow_outsi
     try:
         return _resolve_checked(value, root, root_resolved, allow_outside, where)
     except (OSError, RuntimeError) as e:  # a symlink loop, a name too long for the filesystem
-        raise DatalistError(f"{where}: path {value!r} cannot be resolved ({getattr(e, 'strerror', None) or e})") from None
+        reason = getattr(e, "strerror", None) or e
+        raise DatalistError(f"{where}: path {value!r} cannot be resolved ({reason})") from None
 
 
 def _resolve_checked(value: str, root: Path, root_resolved: Path, allow_outside: bool, where: str) -> str:

@@ -1060,10 +1060,12 @@ def _write_dicom(array: np.ndarray, meta: ImageMeta, out: Path, derivation: str,
     if array.ndim == 2 and len(headers) == 1:
         array = array[:, :, None]
     if tuple(array.shape) != expected:
-        raise ArgumentError(f"DICOM array shape {array.shape} does not match the source slices {expected} (cols, rows, n)")
+        raise ArgumentError(
+            f"DICOM array shape {array.shape} does not match the source slices {expected} (cols, rows, n)")
     header_affine = _sort_and_geometry([(Path(meta.source), h) for h in headers], Path(meta.source))[1]
     if not np.allclose(header_affine, meta.affine, atol=1e-4):
-        raise ArgumentError("DICOM geometry comes from the slice headers; meta.affine was changed and cannot be written")
+        raise ArgumentError(
+            "DICOM geometry comes from the slice headers; meta.affine was changed and cannot be written")
     single = len(headers) == 1 and out.suffix.lower() in _DICOM_SUFFIXES
     if out.suffix.lower() in _DICOM_SUFFIXES and not single:
         raise ArgumentError(f"{out}: a {len(headers)}-slice series is written to a folder, not a .dcm file")
