@@ -154,3 +154,47 @@ def test_sharded_detection_equals_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (json.loads((d / "report.json").read_text()) for d in (one, two))
     assert len(a["images"]) > 2 and a["images"] == b["images"] and a["volumes"] == b["volumes"]
+
+
+def test_sharded_protection_equals_one_process_and_resumes(tmp_path):
+    """UMed inference under torchrun: each rank writes its cases and its own manifest; rank 0 merges them into one
+    manifest.json. The files equal a single process's; a rerun after a killed rank redoes only the missing cases."""
+    import hashlib
+
+    from tests.integration.bundle_harness import resolve_id, smoke_overrides
+
+    ckpt = tmp_path / "models"
+    dataset_dir = str(resolve_id("umed", "inference", "dataset_dir"))
+    proc = run_bundle("umed", "train", epochs=1, ckpt_dir=str(ckpt), output_dir=str(tmp_path / "t"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_bundle("umed", "inference", ckpt_dir=str(ckpt), output_dir=str(one)).returncode == 0
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps({**smoke_overrides("umed", "inference"), "dataset_dir": dataset_dir,
+                                     "ckpt_dir": str(ckpt), "progress": False}))
+    run = lambda out: torchrun("--config_file", str(ROOT / "bundles/umed/configs/inference.json"),  # noqa: E731
+                               "--args_file", str(args_file), "--output_dir", str(out))
+    proc = run(two)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def files(d: Path) -> dict[str, str]:
+        return {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(d.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+
+    assert files(one) == files(two) and len(files(one)) > 4
+    m1, m2 = (json.loads((d / "manifest.json").read_text()) for d in (one, two))
+    assert m1["cases"] == m2["cases"], "one merged manifest, in datalist order"
+    assert not list(two.glob("manifest.rank*.json"))
+
+    # a killed rank 1: its cases and the merged manifest are gone, rank 0's manifest is left
+    m2["cases"] = m2["cases"][0::2]
+    for c in m1["cases"][1::2]:
+        (two / c["output"]).unlink()
+    (two / "manifest.json").unlink()
+    (two / "manifest.rank0.json").write_text(json.dumps(m2))
+    kept = {c["output"]: (two / c["output"]).stat().st_mtime_ns for c in m2["cases"]}
+    proc = run(two)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert files(two) == files(one)
+    assert {o: (two / o).stat().st_mtime_ns for o in kept} == kept, "finished cases are not redone"
+    assert json.loads((two / "manifest.json").read_text())["cases"] == m1["cases"]

@@ -100,6 +100,12 @@ class CaseWriter(Workflow):
                 cases.append({"section": section, "index": i, "process": section in process_sections, "entry": entry})
         if not self.datalist:
             load_datalist(self.dataset_dir, process_sections[0], keys=keys)  # raises the readable error
+        from ..utils.dist import init_from_env
+
+        # under torchrun: rank r writes every w-th case and its own manifest.rank<r>.json; rank 0 merges at the end
+        self.rank, self.world = init_from_env(device)
+        self.all_cases = cases
+        cases = cases[self.rank::self.world]
         self.cases, self.keys, self.image_key = cases, keys, image_key
         self.processor, self.derivation, self.progress = processor, derivation, progress
         self.deidentify = bool(deidentify)
@@ -121,15 +127,21 @@ class CaseWriter(Workflow):
         return self.output_dir / Path(path).resolve().relative_to(self.dataset_dir)
 
     def _start(self, engine) -> None:
-        check_readable([c["entry"] for c in self.cases], self.keys)
+        from ..utils.dist import barrier
+
+        # every rank checks every file, so a bad input stops all ranks alike instead of leaving one waiting
+        check_readable([c["entry"] for c in self.all_cases], self.keys)
         settings = {"derivation": self.derivation, "seed": self.seed, "deidentify": self.deidentify,
                     "weights": _weights_fingerprint(self.processor)}
         self.manifest = Manifest(
             self.output_dir, self.bundle, self.config, input_dir=self.dataset_dir, seed=self.seed,
             overwrite=self.overwrite, settings=settings, refuse_foreign=True,
+            shard=self.rank if self.world > 1 else None,
         )
-        remove_stale_temps(self.output_dir)  # the folder is ours (checked above): leftovers of a killed run
-        if self.progress:
+        if self.rank == 0:
+            remove_stale_temps(self.output_dir)  # the folder is ours (checked above): leftovers of a killed run
+        barrier()  # no rank writes before every rank has checked the folder and the temps are gone
+        if self.progress and self.rank == 0:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=len(self.cases), desc=f"{self.bundle} {self.config}", unit="case")
@@ -186,17 +198,26 @@ class CaseWriter(Workflow):
     def _finish(self, engine) -> None:
         if self._bar is not None:
             self._bar.close()
+        from ..utils.dist import barrier
+
         # the copy is itself a dataset_dir: same datalist, same relative paths (left alone when already there)
         target = self.output_dir / "dataset.json"
-        if not target.is_file() or json.loads(target.read_text()) != self.datalist:
+        if self.rank == 0 and (not target.is_file() or json.loads(target.read_text()) != self.datalist):
             atomic_write_json(target, self.datalist)
-        self.manifest.save()
-        errors = [c for c in self.manifest.cases if c["status"] == "error"]
+        self.manifest.save()  # last: it vouches for every file above
+        cases = self.manifest.cases
+        if self.world > 1 or any(self.output_dir.glob("manifest.rank*.json")):
+            barrier()  # every rank's manifest is on disk
+            if self.rank == 0:
+                Manifest.merge_shards(self.output_dir, [c["entry"][self.image_key] for c in self.all_cases])
+            barrier()
+            cases = json.loads((self.output_dir / "manifest.json").read_text())["cases"]
+        errors = [c for c in cases if c["status"] == "error"]
         if errors:
             for c in errors:
                 print(f"failed: {c.get('error', c['input'])}")
             raise CasesFailed(
-                f"{len(errors)} of {len(self.manifest.cases)} case(s) failed (listed above and in {self.manifest.path}); "
+                f"{len(errors)} of {len(cases)} case(s) failed (listed above and in {self.output_dir / 'manifest.json'}); "
                 "the other cases are written"
             )
 

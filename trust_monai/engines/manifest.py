@@ -37,6 +37,9 @@ class Manifest:
         refuse_foreign: refuse (unless ``overwrite``) an ``output_dir`` that holds files but no manifest: it is not
             the output of an earlier run, and writing into it could replace someone's data. The project's own staging
             folder (``.trust_monai``) and temp files of a killed run do not count.
+        shard: rank of a sharded (``torchrun``) run: records go to ``manifest.rank<r>.json``; :meth:`merge_shards`
+            makes the one ``manifest.json`` at the end. In every run, sharded or not, the records of rank files left
+            by an earlier, killed sharded run count as finished.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class Manifest:
         save_every: int = 1,
         settings: dict | None = None,
         refuse_foreign: bool = False,
+        shard: int | None = None,
     ):
         self.output_dir = Path(output_dir).resolve()
         if input_dir is not None:
@@ -89,17 +93,58 @@ class Manifest:
                     f"{self.path} belongs to {old.get('bundle')}/{old.get('config')}; "
                     "choose another --output_dir or pass --overwrite true"
                 )
-        elif refuse_foreign and not overwrite and self.output_dir.is_dir():
+        elif refuse_foreign and not overwrite and self.output_dir.is_dir() and not any(
+                self.output_dir.glob("manifest.rank*.json")):  # rank manifests: a killed sharded run of ours
             foreign = sorted(p.name for p in self.output_dir.iterdir()
-                             if p.name not in ("manifest.json", ".trust_monai") and _holds_data(p))
+                             if p.name not in ("manifest.json", ".trust_monai") and _holds_data(p)
+                             and not (p.name.startswith("manifest.rank") and p.suffix == ".json"))
             if foreign:
                 shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
                 raise OutputExistsError(
                     f"{self.output_dir} already holds files ({shown}) and no manifest.json of an earlier run; "
                     "choose an empty or new --output_dir, or pass --overwrite true to write over same-named files"
                 )
+        # what the ranks of a killed sharded run finished counts too (also when the rerun is one process)
+        if self.output_dir.is_dir():
+            for part in sorted(self.output_dir.glob("manifest.rank*.json")):
+                old = _read_part(part)
+                if (old and old.get("bundle") == bundle and old.get("config") == config
+                        and not _changed_settings(old.get("settings"), self.data.get("settings"))):
+                    known = {c["input"]: i for i, c in enumerate(self.data["cases"])}
+                    for c in old.get("cases", []):
+                        if c["input"] in known:
+                            self.data["cases"][known[c["input"]]] = c
+                        else:
+                            self.data["cases"].append(c)
+        if shard is not None:
+            self.path = self.output_dir / f"manifest.rank{int(shard)}.json"
         self._index = {c["input"]: i for i, c in enumerate(self.data["cases"])}
         self.save_every, self._pending = max(1, int(save_every)), 0
+
+    @staticmethod
+    def merge_shards(output_dir, order: list[str] | None = None) -> Path:
+        """Merge ``manifest.rank*.json`` into ``manifest.json`` (records in ``order`` of inputs, others after), then
+        remove the rank files. Returns the manifest path."""
+        out = Path(output_dir).resolve()
+        parts = sorted(out.glob("manifest.rank*.json"))
+        main = out / "manifest.json"
+        data = json.loads(main.read_text()) if main.is_file() else None
+        cases: dict[str, dict] = {c["input"]: c for c in (data or {}).get("cases", [])}
+        for part in parts:
+            doc = _read_part(part)
+            if doc is None:
+                continue
+            if data is None:
+                data = {k: v for k, v in doc.items() if k != "cases"}
+            cases.update({c["input"]: c for c in doc.get("cases", [])})
+        if data is None:
+            raise OutputExistsError(f"{out}: no manifest to merge")
+        rank = {k: i for i, k in enumerate(order or [])}
+        data["cases"] = sorted(cases.values(), key=lambda c: (rank.get(c["input"], len(rank)), c["input"]))
+        atomic_write_json(main, data)
+        for part in parts:
+            part.unlink()
+        return main
 
     def relpath(self, path) -> str:
         """Path relative to ``output_dir`` when inside it, else absolute (what the manifest stores for outputs)."""
@@ -154,6 +199,14 @@ class Manifest:
     @property
     def cases(self) -> list[dict]:
         return self.data["cases"]
+
+
+def _read_part(path: Path) -> dict | None:
+    """A rank's manifest file, or None when it cannot be read (it is written atomically, so only a foreign file)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _holds_data(path: Path) -> bool:
