@@ -103,6 +103,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--from_json", default=None, help="re-plot the rows of an earlier run's JSON")
     ap.add_argument("--point", nargs=3, metavar=("VERB", "KIND", "SIZE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.point:
@@ -112,10 +113,10 @@ def main() -> None:
         print(json.dumps(point(a.point[0], a.point[1], int(a.point[2]), a.repeats, a.device)))
         return
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(a.threads)}
+    rows = json.loads(Path(a.from_json).read_text()) if a.from_json else []
     print(f"{os.cpu_count()} cores, {a.threads} threads, device {a.device}, load average {os.getloadavg()[0]:.2f}")
     print(f"{'verb':8s} {'size':>10s} {'s / item':>10s} {'peak MB':>9s} {'work MB':>9s}")
-    rows = []
-    for verb, kind, size in POINTS:
+    for verb, kind, size in ([] if a.from_json else POINTS):
         proc = subprocess.run([sys.executable, __file__, "--point", verb, kind, str(size), "--repeats",
                                str(a.repeats), "--threads", str(a.threads), "--device", a.device],
                               env=env, capture_output=True, text=True)
@@ -133,22 +134,22 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
-    for ax, verb in zip(axes, ("protect", "purify", "certify", "detect")):
+    fig, axes = plt.subplots(2, 4, figsize=(15, 6.2), sharex="col")
+    for col, verb in enumerate(("protect", "purify", "certify", "detect")):
         for kind in ("2D", "3D", "n"):
             rr = [r for r in rows if r["verb"] == verb and r["kind"] == kind]
             if not rr:
                 continue
-            xs = [r["size"] ** (3 if kind == "3D" else 2) if kind != "n" else r["size"] for r in rr]
-            ax.loglog(xs, [r["seconds"] for r in rr], "o-", label=f"{kind} time (s)")
-            ax2 = ax.twinx()
-            ax2.loglog(xs, [max(r["work_mb"], 1) for r in rr], "s--", color="gray", alpha=0.6)
-            ax2.set_ylabel("work memory (MB, dashed)", fontsize=7)
-        ax.set_title(verb)
-        ax.set_xlabel("noise samples" if verb == "certify" else "pixels / voxels")
-        ax.set_ylabel("seconds per item")
-        ax.legend(fontsize=7, loc="upper left")
-        ax.grid(alpha=0.3)
+            xs = [r["size"] if kind == "n" else r["size"] ** (3 if kind == "3D" else 2) for r in rr]
+            axes[0, col].loglog(xs, [r["seconds"] for r in rr], "o-", label=kind if kind != "n" else "image 28x28")
+            axes[1, col].loglog(xs, [max(r["work_mb"], 1.0) for r in rr], "s-", label=kind if kind != "n" else "")
+        axes[0, col].set_title(verb)
+        axes[0, col].set_ylabel("seconds per item")
+        axes[1, col].set_ylabel("work memory (MB)")
+        axes[1, col].set_xlabel("noise samples" if verb == "certify" else "pixels / voxels")
+        axes[0, col].legend(fontsize=7)
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(a.out, dpi=100)
