@@ -3,7 +3,7 @@
 The only values allowed to differ are wall-clock ones (a manifest's creation time, ``time`` / ``sec_per_*`` columns
 of the certification tables); those files are compared with exactly those fields removed, everything else byte for
 byte. The natural-image bundles (CIFAR / Fashion-MNIST / faces) repeat the check for the same engines and are
-marked slow.
+marked slow, as is umed's own pair of runs (its fast check is the fault-injection test, see MEDICAL).
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from tests.integration.bundle_harness import files_under, run_bundle
 
 pytest.importorskip("monai")
 
-MEDICAL = ["umed", "dvae", "drs", "moe_ffd"]  # protect, purify, certify, detect
-NATURAL = ["ue_natural", "dvae_natural", "drs_natural", "moe_ffd_faces"]
+# purify, certify, detect; protection (umed) is checked in the fast selection by
+# test_fault_injection.py::test_protect_survives_sigkill (killed + resumed run vs an uninterrupted run, byte for byte)
+MEDICAL = ["dvae", "drs", "moe_ffd"]
+SLOW = ["umed", "ue_natural", "dvae_natural", "drs_natural", "moe_ffd_faces"]
 WALL_CLOCK = {"created", "time", "seconds", "sec_per_image", "sec_per_case"}
 
 
@@ -78,8 +80,8 @@ def test_inference_deterministic(name, trained, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NATURAL)
-def test_inference_deterministic_natural(name, trained, tmp_path):
+@pytest.mark.parametrize("name", SLOW)
+def test_inference_deterministic_slow(name, trained, tmp_path):
     _twice(name, trained, tmp_path)
 
 

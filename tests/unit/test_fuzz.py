@@ -343,8 +343,7 @@ def test_write_read_round_trip_keeps_geometry(data, fmt, dtype, shape, aff):
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / f"in{fmt}"
         if fmt == ".nrrd":
-            if len(shape) != 3:
-                return  # the NRRD source below is a 3D volume with space directions
+            assume(len(shape) == 3)  # the NRRD source below is a 3D volume with space directions
             lps = np.diag([-1.0, -1.0, 1.0]) @ aff[:3, :3]
             nrrd.write(str(src), arr, {"space": "left-posterior-superior", "space directions": lps.T,
                                        "space origin": np.diag([-1.0, -1.0, 1.0]) @ aff[:3, 3]}, index_order="F")

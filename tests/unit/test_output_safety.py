@@ -93,6 +93,30 @@ def test_staging_and_killed_run_leftovers_are_not_foreign(tmp_path):
     assert (out / ".trust_monai" / "input").is_dir()
 
 
+def test_rerun_cleans_every_state_a_kill_leaves(tmp_path):
+    """Kill states, as SIGKILL leaves them: a half-written temp file and temp series folder of a case, the manifest's
+    own temp file, and a case written but not yet recorded. The rerun removes the temps, redoes the unrecorded case,
+    and ends byte-identical to the uninterrupted run. (tests/integration/test_fault_injection.py kills real runs.)"""
+    data, out = _dataset(tmp_path / "data", 4), tmp_path / "out"
+    _writer(data, out, derivation="d", seed=0).run()
+    ref = _tree_hash(out)
+    (out / "images" / ".c3.nii.gz.ab12cd_3.tmp.nii.gz").write_bytes(b"\x1f\x8b half")
+    (out / "images" / ".series.zz9yx8w7.tmp").mkdir()
+    (out / "images" / ".series.zz9yx8w7.tmp" / "IM0001.dcm").write_bytes(b"half")
+    (out / ".manifest.json.q1w2e3r4.tmp.json").write_text("{")
+    doc = json.loads((out / "manifest.json").read_text())
+    last = doc["cases"].pop()
+    (out / last["output"]).write_bytes(b"stale bytes of an unrecorded write")
+    (out / "manifest.json").write_text(json.dumps(doc))
+    _writer(data, out, derivation="d", seed=0).run()
+    got = _tree_hash(out)
+    assert sorted(got) == sorted(ref), "temp files left, or files missing"
+    assert {k: v for k, v in got.items() if k != "manifest.json"} == {
+        k: v for k, v in ref.items() if k != "manifest.json"}
+    for c in json.loads((out / "manifest.json").read_text())["cases"]:
+        assert sha256_file(out / c["output"]) == c["output_sha256"]
+
+
 def test_other_bundles_manifest_refused(tmp_path):
     data = _dataset(tmp_path / "data")
     out = tmp_path / "out"
