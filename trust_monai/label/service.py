@@ -135,7 +135,11 @@ class CertifiedSegmenter:
         return _checkpoint(self.parser, "drs", self.model_dir)
 
     def runner(self):
-        """The bundle's :class:`~trust_monai.engines.certify.CertifySegmentation`, its base models loaded once."""
+        """The bundle's :class:`~trust_monai.engines.certify.CertifySegmentation`, its base models loaded once.
+
+        Never ``run()`` (that certifies a datalist into an output folder): the app takes its models, its sample budget
+        per method (DRS: half of ``n0`` / ``n`` per half) and its smoother, so a study certified here gets exactly the
+        bundle's certificate."""
         if self._runner is None:
             from ..engines.certify import CertifySegmentation
             from ..utils.checkpoint import load_state_dict
