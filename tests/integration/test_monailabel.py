@@ -30,6 +30,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("TRUST_MONAI_LABEL_VENV", REPO / ".venv-monailabel"))
 STUDIES = ("mni152_z060", "mni152_z065", "mni152_z070")
+BROKEN = "broken_scan"  # a truncated file, with a final label: each task must name it and go on with the others
 # the detector at bundles/moe_ffd's smoke sizes (metadata.json trust_monai.smoke_overrides)
 DETECT = {"img_size": 32, "embed_dim": 32, "depth": 2, "num_heads": 2, "lora_ranks": [2, 4]}
 
@@ -76,6 +77,9 @@ def workspace(tmp_path_factory):
     for s in STUDIES:
         shutil.copy(src / "imagesTs" / f"{s}.nii.gz", studies / f"{s}.nii.gz")
         shutil.copy(src / "labelsTs" / f"{s}.nii.gz", studies / "labels" / "final" / f"{s}.nii.gz")
+    data = (studies / f"{STUDIES[0]}.nii.gz").read_bytes()
+    (studies / f"{BROKEN}.nii.gz").write_bytes(data[: len(data) // 2])
+    shutil.copy(studies / "labels" / "final" / f"{STUDIES[0]}.nii.gz", studies / "labels" / "final" / f"{BROKEN}.nii.gz")
     _run_bundle("bundles/drs/configs/train.json", "--epochs", "1", "--max_cases", "3", "--patch_size", "[32, 32]",
                 "--num_samples", "2", "--batch_size", "4", "--ckpt_dir", str(models), "--output_dir", str(root / "drs"))
     _run_bundle("bundles/umed/configs/train.json", "--epochs", "1", "--max_cases", "4", "--patch_size", "[64, 64]",
@@ -173,7 +177,8 @@ def _check_info(server):
     assert seg["type"] == "segmentation" and seg["dimension"] == 2
     assert "synthetic_scan" in info["scoring"]
     assert info["batch_tasks"]["protect"]["output"] == str(server["protected"])
-    assert info["datastore"]["total"] == len(STUDIES) and info["datastore"]["label_tags"] == {"final": len(STUDIES)}
+    n = len(STUDIES) + 1
+    assert info["datastore"]["total"] == n and info["datastore"]["label_tags"] == {"final": n}
 
 
 def _check_certified_segmentation(server):
@@ -206,6 +211,8 @@ def _check_certified_segmentation(server):
 def _check_unknown_study(server):
     status, _, body = _request(f"{server['url']}/infer/certified_segmentation?image=no_such_study", "POST", {})
     assert status == 404 and "no_such_study" in json.loads(body)["detail"]
+    status, _, body = _request(f"{server['url']}/infer/certified_segmentation?image={BROKEN}", "POST", {})
+    assert status == 400 and f"{BROKEN}.nii.gz" in json.loads(body)["detail"]
 
 
 def _check_synthetic_scan_scoring(server):
@@ -219,21 +226,23 @@ def _check_synthetic_scan_scoring(server):
 
     deadline = time.perf_counter() + 120
     # start-up scoring: wait until its subprocess has ended (a second run is refused while one runs)
-    while _request(f"{url}/scoring/?check_if_running=true")[0] == 200 or any(v is None for v in stored().values()):
+    while _request(f"{url}/scoring/?check_if_running=true")[0] == 200 or any(stored()[s] is None for s in STUDIES):
         assert time.perf_counter() < deadline, f"start-up scoring stored nothing:\n{server['log'].read_text()[-3000:]}"
         time.sleep(1)
     status, _, body = _timed("POST /scoring/synthetic_scan", _request,
                              f"{url}/scoring/synthetic_scan?run_sync=true", "POST", {"force": True})
     assert status == 200, body[:500]
     result = json.loads(body)
-    assert sorted(result) == sorted(STUDIES)
+    assert sorted(result) == sorted([*STUDIES, BROKEN])
+    assert f"{BROKEN}.nii.gz" in result[BROKEN]["error"]
     scores = stored()
+    assert scores[BROKEN] is None
     for s in STUDIES:
         assert isinstance(scores[s], float) and 0.0 <= scores[s] <= 1.0
         assert result[s]["score"] == scores[s] and result[s]["pred"] in ("real", "fake")
     # same checkpoint, not forced: nothing is rescored
     again = json.loads(_request(f"{url}/scoring/synthetic_scan?run_sync=true", "POST", {})[2])
-    assert all(r.get("skipped") for r in again.values())
+    assert all(again[s].get("skipped") for s in STUDIES) and "error" in again[BROKEN]
 
 
 def _check_protect(server):
@@ -251,7 +260,9 @@ def _check_protect(server):
                              f"{server['url']}/batch/infer/protect?run_sync=true", "POST", {})
     assert status == 200, body[:500]
     result = json.loads(body)
-    assert sorted(result) == sorted(STUDIES)
+    assert sorted(result) == sorted([*STUDIES, BROKEN])
+    assert result[BROKEN]["status"] == "error" and f"{BROKEN}.nii.gz" in result[BROKEN]["error"]
+    assert not (out / f"{BROKEN}.nii.gz").exists()
     eps = 4 / 255
     for s in STUDIES:
         rec = result[s]

@@ -9,7 +9,8 @@
   to MONAI Label's own batch inference.
 
 Errors of our own become HTTP errors with a one-line ``detail``: 503 when a model is not trained (with the command
-that trains it), 400 for a bad study.
+that trains it), 400 for a bad study (infer) or a checkpoint that does not fit. In the scoring and protect tasks a bad
+study (unreadable file, mask that does not match its scan) is reported in its own entry and the others still run.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from monailabel.interfaces.tasks.batch_infer import BatchInferImageType, BatchIn
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
-from ..errors import TrustMonaiError
+from ..errors import CaseError, InputFileError, TrustMonaiError
 from .service import CertifiedSegmenter, ModelNotTrained, StudyProtector, SyntheticScanScorer
 
 __all__ = ["CertifiedSegmentationTask", "SyntheticScanScoring", "ProtectBatchTask", "http_errors"]
@@ -48,6 +49,14 @@ def http_errors():
     except TrustMonaiError as e:
         logger.error(str(e))
         raise HTTPException(status_code=400, detail=str(e)) from e
+
+
+def _study_error(e: Exception, *paths) -> bool:
+    """Whether ``e`` is about this study (its files or its content), so the other studies still run; an error about
+    anything else (a checkpoint that does not fit) stops the whole task."""
+    if isinstance(e, InputFileError):
+        return not isinstance(e, ModelNotTrained) and e.path in {str(p) for p in paths if p}
+    return isinstance(e, CaseError)
 
 
 def _suffix(path: str) -> str:
@@ -113,11 +122,19 @@ class SyntheticScanScoring(ScoringMethod):
                 if not request.get("force") and info.get("synthetic_detector") == ckpt and SCORE_KEY in info:
                     result[image_id] = {"score": info[SCORE_KEY], "pred": info.get("synthetic_pred"), "skipped": True}
                     continue
-                r = self.scorer.score(datastore.get_image_uri(image_id))
+                uri = datastore.get_image_uri(image_id)
+                try:
+                    r = self.scorer.score(uri)
+                except TrustMonaiError as e:
+                    if not _study_error(e, uri):
+                        raise
+                    logger.error(f"synthetic_scan: {image_id}: {e}")
+                    result[image_id] = {"error": str(e)}
+                    continue
                 datastore.update_image_info(
                     image_id, {SCORE_KEY: r["score"], "synthetic_pred": r["pred"], "synthetic_detector": ckpt})
                 result[image_id] = r
-        logger.info(f"synthetic-scan scores: { {k: v['score'] for k, v in result.items()} }")
+        logger.info(f"synthetic-scan scores: { {k: v.get('score', 'error') for k, v in result.items()} }")
         return result
 
 
@@ -149,8 +166,15 @@ class ProtectBatchTask:
                 if not label:
                     result[image_id] = {"status": "no_label", "reason": "no final label (UMed perturbs the mask region)"}
                     continue
-                rec = protector.protect(datastore.get_image_uri(image_id), label,
-                                        overwrite=bool(request.get("overwrite", False)))
+                uri = datastore.get_image_uri(image_id)
+                try:
+                    rec = protector.protect(uri, label, overwrite=bool(request.get("overwrite", False)))
+                except TrustMonaiError as e:
+                    if not _study_error(e, uri, label):
+                        raise
+                    logger.error(f"protect: {image_id}: {e}")
+                    result[image_id] = {"status": "error", "error": str(e)}
+                    continue
                 result[image_id] = {**rec, "output": str(protector.output_dir / rec["output"])
                                     if rec.get("output") else None}
         logger.info(f"protected {sum(r.get('status') in ('done', 'copied', 'skipped') for r in result.values())} "
