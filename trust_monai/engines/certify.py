@@ -181,13 +181,33 @@ class ModelSaver:
 # ------------------------------------------------------------------------------------------------ classification
 
 
+class _SmoothingRun:
+    """What the dataset certifiers share: the method list and the equal-budget rule (DRS gets half of ``n0`` / ``n``
+    per half, so both methods cost the same number of forward passes)."""
+
+    @staticmethod
+    def _methods(methods) -> list[str]:
+        methods = [methods] if isinstance(methods, str) else list(methods)
+        for m in methods:
+            if m not in ("rs", "drs"):
+                raise TrustMonaiError(f"unknown method {m!r}; use 'rs' and/or 'drs'")
+        return methods
+
+    def budget(self, method: str) -> tuple[int, int, int]:
+        """``(n0, n, batch_size)`` of ``method`` (per half for DRS)."""
+        if method == "drs" and self.equal_budget:
+            n = max(2, self.n // 2)
+            return max(1, self.n0 // 2), n, min(self.batch_size, n)
+        return self.n0, self.n, self.batch_size
+
+
 def _check_settings(runner) -> None:
     """Refuse bad Monte Carlo settings when the run is configured, before data, checkpoint or output are touched."""
     from ..certify.smooth import check_sampling_args, check_sigma
 
     check_sigma(runner.sigma, runner.sigma_l, runner.sigma_r)
     for m in runner.methods:
-        n0, n, bs = runner._budget(m)
+        n0, n, bs = runner.budget(m)
         check_sampling_args(runner.n0, runner.n, runner.alpha, runner.batch_size)
         check_sampling_args(n0, n, runner.alpha, bs)
 
@@ -205,7 +225,7 @@ def certified_accuracy_curve(radii: np.ndarray, correct: np.ndarray, grid: np.nd
     return np.array([float(np.mean(correct & (radii >= r))) for r in grid])
 
 
-class CertifyClassification:
+class CertifyClassification(_SmoothingRun):
     """Certify a classification test set with RS and DRS at an equal sample budget; write CSV, Markdown and PNG.
 
     Equal budget: RS draws ``n0`` + ``n`` noisy images; DRS draws ``n0 // 2`` + ``n // 2`` per half (the same number
@@ -244,21 +264,20 @@ class CertifyClassification:
         self.sigma_l, self.sigma_r = float(sigma_l or sigma), float(sigma_r or sigma_l or sigma)
         self.n0, self.n, self.alpha, self.batch_size = int(n0), int(n), float(alpha), int(batch_size)
         self.max_samples, self.skip = int(max_samples), max(1, int(skip))
-        self.methods = [methods] if isinstance(methods, str) else list(methods)
+        self.methods = self._methods(methods)
         self.equal_budget, self.radii, self.section = bool(equal_budget), [float(r) for r in radii], section
         self.in_channels, self.device, self.seed, self.progress = in_channels, torch.device(device), int(seed), progress
-        for m in self.methods:
-            if m not in ("rs", "drs"):
-                raise TrustMonaiError(f"unknown method {m!r}; use 'rs' and/or 'drs'")
         _check_settings(self)
 
-    def _budget(self, method: str) -> tuple[int, int, int]:
-        if method == "drs" and self.equal_budget:
-            return max(1, self.n0 // 2), max(2, self.n // 2), min(self.batch_size, max(2, self.n // 2))
-        return self.n0, self.n, self.batch_size
+    def smoother(self, method: str):
+        """The seeded smoothed classifier of ``method`` over the loaded base models."""
+        if method == "rs":
+            return Smooth(self.models.member("rs"), self.num_classes, self.sigma, seed=self.seed)
+        return DualSmooth(self.models.member("drs_l"), self.models.member("drs_r"), self.num_classes,
+                          self.sigma_l, self.sigma_r, seed=self.seed)
 
     def settings(self, method: str) -> dict:
-        n0, n, bs = self._budget(method)
+        n0, n, bs = self.budget(method)
         sig = {"sigma": self.sigma} if method == "rs" else {"sigma_l": self.sigma_l, "sigma_r": self.sigma_r}
         return {"method": method, "n0": n0, "n": n, "alpha": self.alpha, "seed": self.seed, **sig,
                 "checkpoint_sha256": self._ckpt_hash}
@@ -302,12 +321,8 @@ class CertifyClassification:
         for method in self.methods:
             key = _settings_key(self.settings(method))
             done = {r["index"]: r for r in old if r.get("settings") == key and r["method"] == method}
-            n0, n, bs = self._budget(method)
-            if method == "rs":
-                smooth = Smooth(self.models.member("rs"), self.num_classes, self.sigma, seed=self.seed)
-            else:
-                smooth = DualSmooth(self.models.member("drs_l"), self.models.member("drs_r"), self.num_classes,
-                                    self.sigma_l, self.sigma_r, seed=self.seed)
+            n0, n, bs = self.budget(method)
+            smooth = self.smoother(method)
             from tqdm.auto import tqdm
 
             t_method = time.perf_counter()
@@ -372,7 +387,7 @@ class CertifyClassification:
             radius = np.array([float(r["radius"]) for r in rr])
             correct = np.array([str(r["correct"]) == "True" for r in rr])
             acc = certified_accuracy_curve(radius, correct, np.array(self.radii))
-            n0, n, _ = self._budget(m)
+            n0, n, _ = self.budget(m)
             row = {"method": m, "images": len(rr), "n0": n0, "n": n,
                    "forward_passes": (n0 + n) * (2 if m == "drs" else 1),
                    "abstain": float(np.mean([int(r["prediction"]) == ABSTAIN for r in rr])) if rr else 0.0,
@@ -414,7 +429,7 @@ class CertifyClassification:
             rr = [r for r in rows if r["method"] == m]
             radius = np.array([float(r["radius"]) for r in rr])
             correct = np.array([str(r["correct"]) == "True" for r in rr])
-            n0, n, _ = self._budget(m)
+            n0, n, _ = self.budget(m)
             label = (f"RS (sigma {self.sigma:g}, n={n})" if m == "rs"
                      else f"DRS (sigma {self.sigma_l:g}/{self.sigma_r:g}, n={n} per half)")
             ax.plot(grid, certified_accuracy_curve(radius, correct, grid), label=label)
@@ -482,7 +497,7 @@ def load_cifar10(root, train: bool = False) -> tuple[np.ndarray, np.ndarray]:
 # -------------------------------------------------------------------------------------------------- segmentation
 
 
-class CertifySegmentation:
+class CertifySegmentation(_SmoothingRun):
     """Certify every voxel of a segmentation test set with RS and DRS; write label maps, manifest, tables, picture.
 
     The scan is windowed to [0, 1] as in training, zero-padded at the end of each spatial axis to a multiple of
@@ -514,21 +529,13 @@ class CertifySegmentation:
         self.sigma_l, self.sigma_r = float(sigma_l or sigma), float(sigma_r or sigma_l or sigma)
         self.tau, self.n0, self.n, self.alpha, self.batch_size = float(tau), int(n0), int(n), float(alpha), int(batch_size)
         self.max_cases = int(max_cases or 0)
-        self.methods = [methods] if isinstance(methods, str) else list(methods)
+        self.methods = self._methods(methods)
         self.equal_budget, self.divisible, self.section = bool(equal_budget), int(divisible), section
         self.device, self.seed, self.overwrite, self.progress = torch.device(device), int(seed), overwrite, progress
-        for m in self.methods:
-            if m not in ("rs", "drs"):
-                raise TrustMonaiError(f"unknown method {m!r}; use 'rs' and/or 'drs'")
         _check_settings(self)
 
-    def _budget(self, method: str) -> tuple[int, int, int]:
-        if method == "drs" and self.equal_budget:
-            n = max(2, self.n // 2)
-            return max(1, self.n0 // 2), n, min(self.batch_size, n)
-        return self.n0, self.n, self.batch_size
-
-    def _smoother(self, method: str):
+    def smoother(self, method: str):
+        """The seeded per-voxel smoother of ``method`` over the loaded base models."""
         if method == "rs":
             return SegmentationSmooth(self.models.member("rs"), self.num_classes, self.sigma, seed=self.seed)
         return DualSegmentationSmooth(self.models.member("drs_l"), self.models.member("drs_r"), self.num_classes,
@@ -565,7 +572,7 @@ class CertifySegmentation:
         self.models.to(self.device).eval()
         manifest = Manifest(self.output_dir, "drs", "inference", input_dir=self.dataset_dir, seed=self.seed,
                             overwrite=self.overwrite)
-        settings = {m: _settings_key({"method": m, "budget": self._budget(m), "tau": self.tau, "alpha": self.alpha,
+        settings = {m: _settings_key({"method": m, "budget": self.budget(m), "tau": self.tau, "alpha": self.alpha,
                                       "sigma": (self.sigma, self.sigma_l, self.sigma_r), "seed": self.seed,
                                       "ckpt": sha256_file(self.checkpoint)}) for m in self.methods}
         xform = segmentation_transforms(self.spatial_dims, train=False)
@@ -590,8 +597,8 @@ class CertifySegmentation:
             metrics: dict[str, Any] = {}
             first = None
             for m in self.methods:
-                n0, n, bs = self._budget(m)
-                smooth = self._smoother(m)
+                n0, n, bs = self.budget(m)
+                smooth = self.smoother(m)
                 labels, radius = smooth.certify(x, n0, n, self.alpha, bs, tau=self.tau)
                 labels = labels[tuple(slice(0, s) for s in shape)].cpu()
                 met = certified_metrics(labels, ref, self.num_classes)

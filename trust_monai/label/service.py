@@ -179,8 +179,8 @@ class CertifiedSegmenter:
         pad = DivisiblePad(k=runner.divisible, method="end", mode="constant")
         x = pad(x[None])
         x = (x.as_tensor() if hasattr(x, "as_tensor") else x).float().to(runner.device)
-        n0, n, bs = runner._budget(self.method)
-        smooth = runner._smoother(self.method)
+        n0, n, bs = runner.budget(self.method)
+        smooth = runner.smoother(self.method)
         smooth.manual_seed(int(seed))
         with torch.inference_mode():
             labels, radius = smooth.certify(x, n0, n, runner.alpha, bs, tau=runner.tau)
