@@ -29,7 +29,9 @@ class InputFileError(TrustMonaiError):
     def __init__(self, path, reason: str):
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        # a file name with a newline or other control character is quoted, so the message stays one line
+        shown = self.path if self.path.isprintable() else repr(self.path)
+        super().__init__(f"{shown}: {reason}")
 
 
 class DatalistError(TrustMonaiError):

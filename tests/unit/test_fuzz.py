@@ -270,6 +270,16 @@ def test_scan_normalize(data, shape, dtype, modality):
     assert arr.size == 0 or not np.isfinite(arr.astype(np.float64)).all() or np.abs(arr).max() > 3e38
 
 
+@pytest.mark.parametrize("value", [9.007199e15, -3e38, 1e-30, 0.0])
+def test_scan_normalize_constant_image_of_any_size(value):
+    """A constant scan gets a window that is still wider than zero in float64, however large its value (found by the
+    fuzz test: 2**53 + 1 == 2**53, so a width-1 window collapsed and the output was NaN)."""
+    from trust_monai.transforms.intensity import ScanNormalize
+
+    out, (low, high) = ScanNormalize()(np.full((3, 2), value, np.float32))
+    assert high > low and bool(torch.isfinite(out).all()) and float(out.max()) <= 1
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # forgery transforms (training data for the forgery detector)
 # --------------------------------------------------------------------------------------------------------------------
@@ -449,6 +459,7 @@ def test_odd_paths_give_input_file_error(name, suffix):
 @FEW
 @given(suffix=st.sampled_from([".png", ".nii", ".nrrd", ".txt", ".dcm", ""]),
        src=st.sampled_from(["nii", "png", "nrrd"]), shape_change=st.booleans())
+@example(suffix=".png", src="png", shape_change=True)  # (H, W, 1, 1): PIL's own TypeError before the fix
 def test_write_image_bad_arguments_are_our_error(suffix, src, shape_change):
     """A suffix that does not match the source format, or an array of another rank: a clear project error."""
     from trust_monai.data.io import read_image, write_image
@@ -487,6 +498,7 @@ PATHS = st.one_of(
 @example(doc={"training": [{"image": "/" + "x" * 400}]}, section="training", allow_outside=True)
 @example(doc={"training": [{"image": "imagesTr/a.nii.gz", "label": "../../x"}]}, section="training",
          allow_outside=False)
+@example(doc={"training": ["\n"]}, section="training", allow_outside=False)  # one-line errors for any file name
 @example(doc={"training": "not a list"}, section="training", allow_outside=False)
 @example(doc=[], section="training", allow_outside=False)
 def test_load_datalist_fuzz(doc, section, allow_outside):

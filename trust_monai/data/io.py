@@ -739,7 +739,11 @@ def _write_png(array: np.ndarray, meta: ImageMeta, out: Path, derivation: str, _
 
     _check_suffix(out, "png")
     data = _to_stored(array, meta.dtype)
-    img = Image.fromarray(data)
+    try:
+        img = Image.fromarray(data)
+    except (TypeError, ValueError) as e:  # a shape / type PNG cannot hold, e.g. (H, W, 1, 1) or 5 channels
+        raise ArgumentError(f"{out}: a {data.dtype} array of shape {data.shape} cannot be written as PNG "
+                            f"(H x W, or H x W x 2/3/4): {e}") from None
     info = PngInfo()
     for key, value in (meta.header or {}).items():
         # text chunks; binary chunks (icc, exif) are passed below; an older Derivation is replaced by the new one

@@ -34,7 +34,8 @@ def scan_window(image, modality: str = "MR", ct_window: Sequence[float] = CT_WIN
         q = torch.quantile(finite[:: max(1, finite.numel() // 2_000_000)], torch.tensor(percentiles) / 100.0)
         low, high = float(q[0]), float(q[1])
     if not high > low:
-        high = low + 1.0  # a constant image: any window of width 1 keeps it representable
+        # a constant image: any window keeps it representable; width 1, or wider where low + 1 rounds back to low
+        high = low + max(1.0, abs(low) * 2.0**-20)
     return low, high
 
 
