@@ -444,6 +444,9 @@ class PoisonWriter(Evaluator):
         self.manifest = Manifest(
             self.output_dir, self.bundle, "inference", self.dataset_dir, self.seed, save_every=2048
         )
+        from ..utils.fileio import remove_stale_temps
+
+        remove_stale_temps(self.output_dir)  # temp files of a killed run (the manifest above accepted the folder)
         if self.poison is None:
             from ..protect import load_poison
 
