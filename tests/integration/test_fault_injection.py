@@ -230,3 +230,36 @@ def test_certify_segmentation_survives_sigkill(trained, tmp_path):
         for m, met in r["metrics"].items():
             if isinstance(met, dict) and "output_sha256" in met:
                 assert sha256_file(out / met["output"]) == met["output_sha256"], f"{met['output']} ({m})"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# natural-image protection (ue_natural): PoisonWriter, manifest saved in large batches
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_natural_protection_survives_sigkill(trained, tmp_path):
+    """Kill at the first written PNG, rerun: the poisoned copy equals an uninterrupted run's, no temp files."""
+    max_test = 64
+    for attempt in range(KILL_RETRIES):
+        out = tmp_path / f"out{attempt}"
+        # more test images (copied) make the run longer; the training rows must match the trained sample-wise noise
+        common = {"ckpt_dir": str(trained("ue_natural")), "output_dir": str(out), "max_test": max_test,
+                  "progress": False}
+        killed = _run_until("ue_natural", "inference",
+                            lambda: out.is_dir() and any(p.is_file() for p in out.rglob("*.png")),
+                            tmp_path / "log.txt", **common)
+        if killed:
+            break
+        max_test *= 4
+    else:
+        pytest.fail(f"the run always finished before the kill, up to {max_test // 4} test images")
+    _check(run_bundle("ue_natural", "inference", **common), "rerun after kill")
+    ref = tmp_path / "reference"
+    _check(run_bundle("ue_natural", "inference", **{**common, "output_dir": str(ref)}), "uninterrupted run")
+    _assert_no_debris(out)
+    got, want = _tree(out), _tree(ref)
+    assert sorted(got) == sorted(want)
+    assert all(got[k] == want[k] for k in want if k != "manifest.json")
+    cases = _manifest_cases(out)
+    assert len(cases) == len({c["input"] for c in cases}) == len(want) - 2  # every image once (not the two JSONs)
