@@ -78,7 +78,8 @@ class Manifest:
             try:
                 old = json.loads(self.path.read_text())
             except ValueError as e:  # written atomically, so only a hand edit or a foreign file gets here
-                raise OutputExistsError(f"{self.path}: not a readable manifest ({e}); choose another --output_dir") from None
+                raise OutputExistsError(
+                    f"{self.path}: not a readable manifest ({e}); choose another --output_dir") from None
             if old.get("bundle") == bundle and old.get("config") == config:
                 changed = _changed_settings(old.get("settings"), self.data.get("settings"))
                 if not changed:
