@@ -81,6 +81,13 @@ def test_sharded_certification_equals_one_process_and_resumes(ckpt_dir, tmp_path
         "finished rows are reused, not recomputed"
     assert not list(resumed.glob("*.partial.csv"))
 
+    # other images at the same indices (another datalist section) are certified anew, never given old rows
+    proc = run_bundle("drs_natural", "inference", max_samples=7, n0=4, n=32, batch_size=16, ckpt_dir=str(ckpt_dir),
+                      output_dir=str(one), **{"evaluator#section": "training"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = rows(one / "certify.csv")
+    assert len(again) == 14 and not {r["path"] for r in again} & {r["path"] for r in single}
+
 
 def test_two_process_training_keeps_replicas_in_sync(tmp_path):
     """DistributedDataParallel under torchrun: each rank trains on its own shard and the gradients are averaged, so

@@ -217,7 +217,8 @@ class CaseWriter(Workflow):
             for c in errors:
                 print(f"failed: {c.get('error', c['input'])}")
             raise CasesFailed(
-                f"{len(errors)} of {len(cases)} case(s) failed (listed above and in {self.output_dir / 'manifest.json'}); "
+                f"{len(errors)} of {len(cases)} case(s) failed (listed above and in "
+                f"{self.output_dir / 'manifest.json'}); "
                 "the other cases are written"
             )
 

@@ -307,8 +307,13 @@ class CertifyClassification(_SmoothingRun):
         from ..utils.dist import all_gather_objects, barrier, init_from_env, shard
         from ..utils.fileio import sha256_file
 
+        from ..utils.fileio import remove_stale_temps
+
         rank, world = init_from_env(self.device)
         ds = self._dataset()
+        if rank == 0 and self.output_dir.is_dir():
+            remove_stale_temps(self.output_dir)  # temp files of a killed run's writes
+        barrier()
         load_state_dict(self.models, self.checkpoint)
         self._ckpt_hash = sha256_file(self.checkpoint)[:16]
         self.models.to(self.device).eval()
@@ -320,7 +325,11 @@ class CertifyClassification(_SmoothingRun):
         last_flush = time.perf_counter()
         for method in self.methods:
             key = _settings_key(self.settings(method))
-            done = {r["index"]: r for r in old if r.get("settings") == key and r["method"] == method}
+            rels = getattr(ds, "rel", None)
+            # a row counts only for the same image: same settings, method, index and relative path
+            done = {r["index"]: r for r in old if r.get("settings") == key and r["method"] == method
+                    and (rels is None or (r["index"].isdigit() and int(r["index"]) < len(rels)
+                                          and r.get("path") == rels[int(r["index"])]))}
             n0, n, bs = self.budget(method)
             smooth = self.smoother(method)
             from tqdm.auto import tqdm
@@ -572,6 +581,9 @@ class CertifySegmentation(_SmoothingRun):
         self.models.to(self.device).eval()
         manifest = Manifest(self.output_dir, "drs", "inference", input_dir=self.dataset_dir, seed=self.seed,
                             overwrite=self.overwrite)
+        from ..utils.fileio import remove_stale_temps
+
+        remove_stale_temps(self.output_dir)  # temp files of a killed run's writes (the manifest above vouches)
         settings = {m: _settings_key({"method": m, "budget": self.budget(m), "tau": self.tau, "alpha": self.alpha,
                                       "sigma": (self.sigma, self.sigma_l, self.sigma_r), "seed": self.seed,
                                       "ckpt": sha256_file(self.checkpoint)}) for m in self.methods}
@@ -586,6 +598,7 @@ class CertifySegmentation(_SmoothingRun):
             rec = manifest.cases[manifest._index[src]] if src in manifest._index else None
             if (rec is not None and manifest.is_done(src) and all(
                     rec["metrics"].get(m, {}).get("settings") == settings[m] and self._out(m, src).is_file()
+                    and sha256_file(self._out(m, src)) == rec["metrics"][m].get("output_sha256")
                     for m in self.methods)):
                 rows += [{"case": Path(src).name, "method": m, **rec["metrics"][m]} for m in self.methods]
                 continue
