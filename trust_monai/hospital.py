@@ -49,13 +49,14 @@ class Verb:
     default_dataset: str | None
     changes_images: bool
     what: str
+    done: str = ""  # caption of the changed copy in the before / after picture
 
 
 VERBS = {
     "protect": Verb("umed", "sections", True, True, "mni152_tissue_2d", True,
-                    "UMed unlearnable perturbation inside each mask and its contour band"),
+                    "UMed unlearnable perturbation inside each mask and its contour band", "protected"),
     "purify": Verb("dvae", "sections", True, True, "mni152_tissue_2d", True,
-                   "D-VAE purification of unlearnable perturbations"),
+                   "D-VAE purification of unlearnable perturbations", "purified"),
     "certify": Verb("drs", "section", False, False, "mni152_tissue_2d", False,
                     "certified segmentation by randomized smoothing (RS) and dual randomized smoothing (DRS)"),
     "detect": Verb("moe_ffd", "sections", True, False, None, False,
@@ -114,7 +115,7 @@ def discover(folder: str | os.PathLike, with_masks: bool = True) -> dict:
     ``with_masks=False`` masks are still recognised (and left out) but not listed.
 
     Raises:
-        DatalistError: no scan found; a mask without a scan is ignored, but listed in the error when nothing is found.
+        DatalistError: no scan found, or ``folder`` is itself a DICOM series.
     """
     root = Path(folder).resolve()
     scans, series = [], []
@@ -127,28 +128,25 @@ def discover(folder: str | os.PathLike, with_masks: bool = True) -> dict:
             dirnames[:] = []
             continue
         scans += [f.relative_to(root) for f in files if _is_scan(f)]
+    if Path() in series:
+        raise DatalistError(f"{root}: is itself a DICOM series; give the folder that holds the series folder(s)")
     masks = {p for p in scans if _is_mask_path(p)}
-    images = [p for p in scans if p not in masks]
-    cases, used = [], set()
-    for rel in images:
+    cases = []
+    for rel in (p for p in scans if p not in masks):
         entry = {"image": rel.as_posix()}
-        for cand in _mask_candidates(rel) if with_masks else ():
-            if cand in masks:
-                entry["label"] = cand.as_posix()
-                used.add(cand)
-                break
+        mask = next((c for c in _mask_candidates(rel) if c in masks), None) if with_masks else None
+        if mask is not None:
+            entry["label"] = mask.as_posix()
         cases.append(entry)
     for s in series:
-        entry = {"image": s.as_posix() if s.parts else "."}
+        entry = {"image": s.as_posix()}
         # a series' mask lies beside its folder: <series>_label.nii.gz (or _seg / _mask, NIfTI or NRRD)
         found = [root / s.parent / f"{s.name}{m}{suf}" for m in _MASK_SUFFIXES for suf in _SCAN_SUFFIXES]
-        found = [f for f in found if f.is_file()] if with_masks and s.parts else []
+        found = [f for f in found if f.is_file()] if with_masks else []
         if found:
             entry["label"] = found[0].relative_to(root).as_posix()
         cases.append(entry)
-    if not cases or any(c["image"] == "." for c in cases):
-        if any(c["image"] == "." for c in cases):
-            raise DatalistError(f"{root}: is itself a DICOM series; give the folder that holds the series folder(s)")
+    if not cases:
         raise DatalistError(f"{root}: no scan found (looked for .nii/.nii.gz/.nrrd/.nhdr files and DICOM series "
                             "folders); give a folder of scans or a dataset.json")
     doc: dict = {"name": root.name, "description": f"scans found in {root} by trust-monai", "cases": cases}
@@ -320,7 +318,7 @@ def run_verb(verb: str, input: str, output: str, ckpt_dir: str | None = None, sp
         cmd += [f"--{k}", val if isinstance(val, str) else json.dumps(val)]
     started = time.time()
     rc = subprocess.call(cmd)
-    if report and (out / "manifest.json").is_file() or (report and rc == 0):
+    if report and (rc == 0 or (out / "manifest.json").is_file()):  # a failed run with written cases is reported too
         from .engines.report import verb_report
 
         path = verb_report(verb, v, dataset_dir, out, read_sections, command=shlex.join(cmd), rc=rc,

@@ -30,14 +30,11 @@ def test_slice_dataset_labels_come_from_the_masks(lesions_2d):
     x = ds[0]["image"]
     assert x.dtype == torch.float32 and x.shape == (1, 32, 32) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     w = ds.balanced_weights()
-    assert w[1] > w[0] and float((w * torch_counts(ds)).sum()) == pytest.approx(len(ds))
+    counts = torch.tensor(ds.class_counts(), dtype=torch.float32)
+    assert w[1] > w[0] and float((w * counts).sum()) == pytest.approx(len(ds))
     # a stricter finding size can only remove positives
     strict = SliceClassificationDataset(lesions_2d, "test", spatial_size=(32, 32), min_voxels=50)
     assert ((strict.labels == 1) <= (ds.labels == 1)).all() and strict.labels.sum() < ds.labels.sum()
-
-
-def torch_counts(ds):
-    return torch.tensor(ds.class_counts(), dtype=torch.float32)
 
 
 def test_slice_dataset_refuses_volumes(tmp_path):

@@ -54,6 +54,19 @@ def _run_until(name: str, config: str, trigger: Callable[[], bool], log: Path, t
     return False
 
 
+def _kill_once_growing(name: str, size: int, grow: int, args_for: Callable[[int, Path], dict],
+                       trigger_for: Callable[[Path], bool], log: Path) -> tuple[dict, Path, int]:
+    """Run ``name`` inference with ``args_for(size, out)`` and SIGKILL it when ``trigger_for(out)``; when the run
+    finished first, retry with ``size * grow``. Returns the overrides, the output folder and the size that was killed."""
+    for attempt in range(KILL_RETRIES):
+        out = log.parent / f"out{attempt}"
+        common = args_for(size, out)
+        if _run_until(name, "inference", lambda: trigger_for(out), log, **common):
+            return common, out, size
+        size *= grow
+    pytest.fail(f"{name}: the run always finished before the kill, up to size {size // grow}")
+
+
 def _tree(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in files_under(folder)}
 
@@ -183,18 +196,11 @@ def _compare_certify_outputs(out: Path, ref: Path):
 @pytest.mark.slow  # ~2 min; the segmentation certifier below covers certification in the fast selection
 def test_certify_classification_survives_sigkill(trained, tmp_path):
     """Kill once the first partial certificate rows are saved, rerun: rows equal an uninterrupted run's, no partials."""
-    samples = 24
-    for attempt in range(KILL_RETRIES):
-        out = tmp_path / f"out{attempt}"
-        common = {"ckpt_dir": str(trained("drs_natural")), "output_dir": str(out), "max_samples": samples,
-                  "progress": False, "evaluator#flush_seconds": 0}
-        killed = _run_until("drs_natural", "inference", lambda: any(out.glob("certify.rank*.partial.csv")),
-                            tmp_path / "log.txt", **common)
-        if killed:
-            break
-        samples *= 2
-    else:
-        pytest.fail(f"the run always finished before the kill, up to {samples // 2} samples")
+    common, out, samples = _kill_once_growing(
+        "drs_natural", 24, 2,
+        lambda size, out: {"ckpt_dir": str(trained("drs_natural")), "output_dir": str(out), "max_samples": size,
+                           "progress": False, "evaluator#flush_seconds": 0},
+        lambda out: any(out.glob("certify.rank*.partial.csv")), tmp_path / "log.txt")
     assert not (out / "certify.csv").exists(), "the kill must land before the final tables"
     _check(run_bundle("drs_natural", "inference", **common), "rerun after kill")
     ref = tmp_path / "reference"
@@ -207,16 +213,11 @@ def test_certify_classification_survives_sigkill(trained, tmp_path):
 
 def test_certify_segmentation_survives_sigkill(trained, tmp_path):
     """Kill once the manifest records a case, rerun: certified label maps equal an uninterrupted run's."""
-    cases = 6
-    for attempt in range(KILL_RETRIES):
-        out = tmp_path / f"out{attempt}"
-        common = {"ckpt_dir": str(trained("drs")), "output_dir": str(out), "max_cases": cases, "progress": False}
-        killed = _run_until("drs", "inference", lambda: len(_manifest_cases(out)) >= 1, tmp_path / "log.txt", **common)
-        if killed:
-            break
-        cases *= 2
-    else:
-        pytest.fail(f"the run always finished before the kill, up to {cases // 2} cases")
+    common, out, cases = _kill_once_growing(
+        "drs", 6, 2,
+        lambda size, out: {"ckpt_dir": str(trained("drs")), "output_dir": str(out), "max_cases": size,
+                           "progress": False},
+        lambda out: len(_manifest_cases(out)) >= 1, tmp_path / "log.txt")
     _check(run_bundle("drs", "inference", **common), "rerun after kill")
     ref = tmp_path / "reference"
     _check(run_bundle("drs", "inference", **{**common, "output_dir": str(ref)}), "uninterrupted run")
@@ -240,20 +241,12 @@ def test_certify_segmentation_survives_sigkill(trained, tmp_path):
 @pytest.mark.slow
 def test_natural_protection_survives_sigkill(trained, tmp_path):
     """Kill at the first written PNG, rerun: the poisoned copy equals an uninterrupted run's, no temp files."""
-    max_test = 64
-    for attempt in range(KILL_RETRIES):
-        out = tmp_path / f"out{attempt}"
-        # more test images (copied) make the run longer; the training rows must match the trained sample-wise noise
-        common = {"ckpt_dir": str(trained("ue_natural")), "output_dir": str(out), "max_test": max_test,
-                  "progress": False}
-        killed = _run_until("ue_natural", "inference",
-                            lambda: out.is_dir() and any(p.is_file() for p in out.rglob("*.png")),
-                            tmp_path / "log.txt", **common)
-        if killed:
-            break
-        max_test *= 4
-    else:
-        pytest.fail(f"the run always finished before the kill, up to {max_test // 4} test images")
+    # more test images (copied) make the run longer; the training rows must match the trained sample-wise noise
+    common, out, _ = _kill_once_growing(
+        "ue_natural", 64, 4,
+        lambda size, out: {"ckpt_dir": str(trained("ue_natural")), "output_dir": str(out), "max_test": size,
+                           "progress": False},
+        lambda out: out.is_dir() and any(p.is_file() for p in out.rglob("*.png")), tmp_path / "log.txt")
     _check(run_bundle("ue_natural", "inference", **common), "rerun after kill")
     ref = tmp_path / "reference"
     _check(run_bundle("ue_natural", "inference", **{**common, "output_dir": str(ref)}), "uninterrupted run")

@@ -182,16 +182,28 @@ class ModelSaver:
 
 
 class _SmoothingRun:
-    """What the dataset certifiers share: the method list and the equal-budget rule (DRS gets half of ``n0`` / ``n``
-    per half, so both methods cost the same number of forward passes)."""
+    """What the dataset certifiers share: the Monte Carlo settings, the method list, the smoothers and the
+    equal-budget rule (DRS gets half of ``n0`` / ``n`` per half, so both methods cost the same forward passes)."""
 
-    @staticmethod
-    def _methods(methods) -> list[str]:
-        methods = [methods] if isinstance(methods, str) else list(methods)
-        for m in methods:
+    _smoothers: tuple[type, type]  # (RS class, DRS class) of the certifier
+
+    def _set_sampling(self, sigma, sigma_l, sigma_r, n0, n, alpha, batch_size, methods, equal_budget) -> None:
+        self.sigma = float(sigma)
+        self.sigma_l, self.sigma_r = float(sigma_l or sigma), float(sigma_r or sigma_l or sigma)
+        self.n0, self.n, self.alpha, self.batch_size = int(n0), int(n), float(alpha), int(batch_size)
+        self.methods = [methods] if isinstance(methods, str) else list(methods)
+        for m in self.methods:
             if m not in ("rs", "drs"):
                 raise TrustMonaiError(f"unknown method {m!r}; use 'rs' and/or 'drs'")
-        return methods
+        self.equal_budget = bool(equal_budget)
+
+    def smoother(self, method: str):
+        """The seeded smoother of ``method`` over the loaded base models."""
+        rs, drs = self._smoothers
+        if method == "rs":
+            return rs(self.models.member("rs"), self.num_classes, self.sigma, seed=self.seed)
+        return drs(self.models.member("drs_l"), self.models.member("drs_r"), self.num_classes, self.sigma_l,
+                   self.sigma_r, seed=self.seed)
 
     def budget(self, method: str) -> tuple[int, int, int]:
         """``(n0, n, batch_size)`` of ``method`` (per half for DRS)."""
@@ -250,6 +262,8 @@ class CertifyClassification(_SmoothingRun):
         flush_seconds: how often finished rows are saved for a resume (``certify.rank<r>.partial.csv``).
     """
 
+    _smoothers = (Smooth, DualSmooth)
+
     def __init__(self, dataset_dir, output_dir, models: SmoothingModels, checkpoint, num_classes: int,
                  sigma: float = 0.5, sigma_l: float | None = None, sigma_r: float | None = None, n0: int = 100,
                  n: int = 1000, alpha: float = 0.001, batch_size: int = 500, max_samples: int = 500, skip: int = 1,
@@ -260,21 +274,11 @@ class CertifyClassification(_SmoothingRun):
         self.dataset_dir, self.output_dir = Path(dataset_dir), Path(output_dir)
         self.dataset, self.flush_seconds = dataset, float(flush_seconds)
         self.models, self.checkpoint, self.num_classes = models, checkpoint, int(num_classes)
-        self.sigma = float(sigma)
-        self.sigma_l, self.sigma_r = float(sigma_l or sigma), float(sigma_r or sigma_l or sigma)
-        self.n0, self.n, self.alpha, self.batch_size = int(n0), int(n), float(alpha), int(batch_size)
+        self._set_sampling(sigma, sigma_l, sigma_r, n0, n, alpha, batch_size, methods, equal_budget)
         self.max_samples, self.skip = int(max_samples), max(1, int(skip))
-        self.methods = self._methods(methods)
-        self.equal_budget, self.radii, self.section = bool(equal_budget), [float(r) for r in radii], section
+        self.radii, self.section = [float(r) for r in radii], section
         self.in_channels, self.device, self.seed, self.progress = in_channels, torch.device(device), int(seed), progress
         _check_settings(self)
-
-    def smoother(self, method: str):
-        """The seeded smoothed classifier of ``method`` over the loaded base models."""
-        if method == "rs":
-            return Smooth(self.models.member("rs"), self.num_classes, self.sigma, seed=self.seed)
-        return DualSmooth(self.models.member("drs_l"), self.models.member("drs_r"), self.num_classes,
-                          self.sigma_l, self.sigma_r, seed=self.seed)
 
     def settings(self, method: str) -> dict:
         n0, n, bs = self.budget(method)
@@ -323,9 +327,9 @@ class CertifyClassification(_SmoothingRun):
         changed = False
         partial = self.output_dir / f"certify.rank{rank}.partial.csv"
         last_flush = time.perf_counter()
+        rels = getattr(ds, "rel", None)
         for method in self.methods:
             key = _settings_key(self.settings(method))
-            rels = getattr(ds, "rel", None)
             # a row counts only for the same image: same settings, method, index and relative path
             done = {r["index"]: r for r in old if r.get("settings") == key and r["method"] == method
                     and (rels is None or (r["index"].isdigit() and int(r["index"]) < len(rels)
@@ -525,6 +529,8 @@ class CertifySegmentation(_SmoothingRun):
         methods: ``("rs", "drs")`` or one of them.
     """
 
+    _smoothers = (SegmentationSmooth, DualSegmentationSmooth)
+
     def __init__(self, dataset_dir, output_dir, models: SmoothingModels, checkpoint, spatial_dims: int,
                  num_classes: int, sigma: float = 0.25, sigma_l: float | None = None, sigma_r: float | None = None,
                  tau: float = 0.75, n0: int = 10, n: int = 100, alpha: float = 0.001, batch_size: int = 10,
@@ -534,21 +540,11 @@ class CertifySegmentation(_SmoothingRun):
         self.dataset_dir, self.output_dir = Path(dataset_dir).resolve(), Path(output_dir).resolve()
         self.models, self.checkpoint = models, checkpoint
         self.spatial_dims, self.num_classes = int(spatial_dims), int(num_classes)
-        self.sigma = float(sigma)
-        self.sigma_l, self.sigma_r = float(sigma_l or sigma), float(sigma_r or sigma_l or sigma)
-        self.tau, self.n0, self.n, self.alpha, self.batch_size = float(tau), int(n0), int(n), float(alpha), int(batch_size)
-        self.max_cases = int(max_cases or 0)
-        self.methods = self._methods(methods)
-        self.equal_budget, self.divisible, self.section = bool(equal_budget), int(divisible), section
+        self._set_sampling(sigma, sigma_l, sigma_r, n0, n, alpha, batch_size, methods, equal_budget)
+        self.tau, self.max_cases = float(tau), int(max_cases or 0)
+        self.divisible, self.section = int(divisible), section
         self.device, self.seed, self.overwrite, self.progress = torch.device(device), int(seed), overwrite, progress
         _check_settings(self)
-
-    def smoother(self, method: str):
-        """The seeded per-voxel smoother of ``method`` over the loaded base models."""
-        if method == "rs":
-            return SegmentationSmooth(self.models.member("rs"), self.num_classes, self.sigma, seed=self.seed)
-        return DualSegmentationSmooth(self.models.member("drs_l"), self.models.member("drs_r"), self.num_classes,
-                                      self.sigma_l, self.sigma_r, seed=self.seed)
 
     def _entries(self) -> list[dict]:
         from ..data.datalist import check_readable, load_datalist

@@ -157,7 +157,7 @@ def verb_report(verb: str, spec, dataset_dir, output_dir, sections, command: str
     if spec.changes_images:
         for s in sections:
             png = before_after_png(dataset_dir, out, out / ".trust_monai" / f"before_after_{s}.png", section=s,
-                                   title=verb + "ed" if verb.endswith("t") else verb + "d")
+                                   title=spec.done)
             if png:
                 pictures.append((f"before / after ({s})", png))
         tables.append(("cases (manifest.json)", cases))
