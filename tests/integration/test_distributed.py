@@ -130,15 +130,42 @@ def test_multi_gpu_train_config_runs_under_torchrun(name, tmp_path):
     cfg = f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']"
     proc = torchrun("--config_file", cfg, "--args_file", str(args_file))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    saved = sorted((tmp_path / "models").glob("*.pt"))
+    saved = sorted((tmp_path / "models").glob(WEIGHTS.get(name, "*.pt")))
     assert saved, "rank 0 saved no checkpoint"
-    state = torch.load(saved[0], weights_only=True)
-    assert state and not any(k.startswith("module.") for k in state)
-    net = resolve_id(name, "train", "network_def", **{k: v for k, v in args.items() if k != "dataset_dir"},
-                     dataset_dir=args["dataset_dir"])
-    if name.startswith("drs"):
-        net = resolve_id(name, "train", "models", dataset_dir=args["dataset_dir"])
-    net.load_state_dict(state)
+    for path in saved:  # D-VAE: one network per stage
+        state = torch.load(path, weights_only=True)
+        assert state and not any(k.startswith("module.") for k in state)
+        net = resolve_id(name, "train", "network_def", **{k: v for k, v in args.items() if k != "dataset_dir"},
+                         dataset_dir=args["dataset_dir"])
+        if name.startswith("drs"):
+            net = resolve_id(name, "train", "models", dataset_dir=args["dataset_dir"])
+        net.load_state_dict(state)
+    if name in CHECKS:
+        CHECKS[name](tmp_path, args, proc.stdout + proc.stderr)
+
+
+def _noise_rows_of_every_rank(tmp_path: Path, args: dict, log: str) -> None:
+    """Each rank runs PGD on its own shard's rows; rank 0's saved table must hold rank 1's rows too (merged after
+    every round), so no row is left at its random initialisation."""
+    from trust_monai.protect import load_poison
+
+    noise = load_poison(tmp_path / "models" / "noise_em_samplewise.pt")
+    init = type(noise)(**noise.config())  # the same seed: the table before training
+    assert noise.num_items == args["max_train"]
+    moved = (noise.delta - init.delta).abs().flatten(1).amax(1)
+    assert bool((moved > 0).all()), f"rows never updated: {(moved == 0).nonzero().flatten().tolist()}"
+    assert float(noise.delta.abs().max()) <= noise.eps + 1e-7
+    assert log.count("accuracy on perturbed training data") == args["epochs"], "one round log, from rank 0"
+
+
+def _trained_on_two_ranks(tmp_path: Path, args: dict, log: str) -> None:
+    stages = sorted((tmp_path / "models").glob("*_stage*.pt"))
+    assert len(stages) == 2 and log.count("trained in") == 2 and "on 2 ranks" in log
+
+
+# which files are network weights (the noise file of ue_natural is a poison record, checked on its own)
+WEIGHTS = {"ue_natural": "surrogate_*.pt"}
+CHECKS = {"ue_natural": _noise_rows_of_every_rank, "dvae": _trained_on_two_ranks, "dvae_natural": _trained_on_two_ranks}
 
 
 def test_sharded_detection_equals_one_process(tmp_path):

@@ -241,6 +241,13 @@ class ErrorMinimizingTrainer(SupervisedTrainer):
     For noise that is not learned (``noise.learnable`` is False: LSP, AR) the engine stops at ``STARTED``; handlers
     on ``COMPLETED`` (the checkpoint) still run.
 
+    Under ``torchrun`` (``bundles/ue_natural/configs/multi_gpu_train.json``): ``network`` is a DistributedDataParallel
+    surrogate (its SGD steps average gradients over the ranks; its batch-norm statistics are then taken from rank 0),
+    ``train_data_loader`` holds this rank's shard of the images (every ``world``-th), and the PGD pass updates only
+    the noise rows of that shard. At the end of each rank's pass the rows are merged
+    (:meth:`~trust_monai.protect.ErrorMinimizingNoise.merge_ranks`) and the accuracy tallies summed, so every rank holds
+    the same table and takes the same stop decision, and rank 0's checkpoint is the whole table.
+
     Args:
         noise: an :class:`~trust_monai.protect.ErrorMinimizingNoise` (or a synthetic poison).
         train_steps: surrogate SGD steps per round (10 in the paper).
@@ -278,6 +285,7 @@ class ErrorMinimizingTrainer(SupervisedTrainer):
         self.stop_accuracy = float(stop_accuracy)
         self.surrogate_loader = surrogate_loader if surrogate_loader is not None else train_data_loader
         self._surrogate_iter = None
+        self._world, self._touched = 1, None
         from ignite.engine import Events
 
         self.add_event_handler(Events.STARTED, self._maybe_skip)
@@ -291,7 +299,17 @@ class ErrorMinimizingTrainer(SupervisedTrainer):
             engine.terminate()
 
     def _reset_tally(self, engine) -> None:
+        from ..utils.dist import rank_world
+
         engine.state.em_correct, engine.state.em_total, engine.state.em_loss = 0, 0, 0.0
+        self._world = rank_world()[1]
+        rows = getattr(self.noise, "num_items", 0)
+        self._touched = torch.zeros(rows, dtype=torch.bool, device=self.state.device) if self._world > 1 else None
+
+    @property
+    def surrogate(self) -> nn.Module:
+        """The surrogate itself (unwrapped from DistributedDataParallel): the PGD pass needs no gradient sync."""
+        return getattr(self.network, "module", self.network)
 
     def _next_surrogate_batch(self) -> dict:
         if self._surrogate_iter is None:
@@ -321,6 +339,10 @@ class ErrorMinimizingTrainer(SupervisedTrainer):
             loss.backward()
             self.optimizer.step()
             total += loss.detach().item()
+        if self._world > 1:  # each rank's batch-norm statistics saw its own batches: take rank 0's
+            from ..utils.dist import broadcast_state
+
+            broadcast_state(self.surrogate, buffers_only=True)
         return total / max(self.train_steps, 1)
 
     def _iteration(self, engine, batchdata: dict) -> dict:
@@ -330,27 +352,45 @@ class ErrorMinimizingTrainer(SupervisedTrainer):
         if (engine.state.iteration - 1) % epoch_length == 0:
             engine.state.surrogate_loss = self._train_surrogate()
         x, y, idx = self._unpack(batchdata)
-        self.network.eval()
-        xp = self.noise.perturb(self.network, x, y, idx, loss_function=self.loss_function, inferer=self.inferer)
+        net = self.surrogate
+        net.eval()
+        xp = self.noise.perturb(net, x, y, idx, loss_function=self.loss_function, inferer=self.inferer)
         with torch.no_grad():
-            pred = self.inferer(xp, self.network)
+            pred = self.inferer(xp, net)
             loss = self.loss_function(pred, y).mean()
         # classification: pred (B, K), y (B,); segmentation: pred (B, K, *S), y (B, 1, *S) -> voxel accuracy
         engine.state.em_correct += int((pred.argmax(1, keepdim=pred.ndim == y.ndim) == y).sum())
         engine.state.em_total += int(y.numel())
         engine.state.em_loss += float(loss) * y.numel()
+        if self._touched is not None:
+            self._touched[self.noise.rows(idx, y)] = True
+            if engine.state.iteration % epoch_length == 0:  # this rank's last batch of the round
+                self._merge_round(engine)
         engine.state.metrics["perturbed_acc"] = engine.state.em_correct / max(engine.state.em_total, 1)
         engine.state.metrics["perturbed_loss"] = engine.state.em_loss / max(engine.state.em_total, 1)
         return {Keys.IMAGE: xp, Keys.LABEL: y, Keys.PRED: pred, Keys.LOSS: loss}
 
+    def _merge_round(self, engine) -> None:
+        """One noise table and one tally over all ranks (ranks may have one batch more or less than another)."""
+        import torch.distributed as dist
+
+        self.noise.merge_ranks(self._touched)
+        t = torch.tensor([engine.state.em_correct, engine.state.em_total, engine.state.em_loss], dtype=torch.float64,
+                         device=self.state.device)
+        dist.all_reduce(t)
+        engine.state.em_correct, engine.state.em_total, engine.state.em_loss = int(t[0]), int(t[1]), float(t[2])
+
     def _check_stop(self, engine) -> None:
+        from ..utils.dist import is_main
+
         acc = engine.state.metrics.get("perturbed_acc", 0.0)
-        self.logger.info(
+        log = self.logger.info if is_main() else self.logger.debug  # the tallies are global: rank 0 speaks for all
+        log(
             f"round {engine.state.epoch}: surrogate loss {getattr(engine.state, 'surrogate_loss', float('nan')):.4f}, "
             f"accuracy on perturbed training data {acc:.4f} (stop at {self.stop_accuracy})"
         )
         if acc >= self.stop_accuracy:
-            self.logger.info(f"accuracy target {self.stop_accuracy} reached after {engine.state.epoch} rounds")
+            log(f"accuracy target {self.stop_accuracy} reached after {engine.state.epoch} rounds")
             engine.terminate()
 
 
@@ -382,7 +422,8 @@ class PoisonCheckpoint:
         save_poison(self.noise, self.noise_file)
         if self.network is not None and self.model_file and getattr(self.noise, "learnable", False):
             buf = io.BytesIO()
-            torch.save({k: v.detach().cpu() for k, v in self.network.state_dict().items()}, buf)
+            net = getattr(self.network, "module", self.network)  # DistributedDataParallel: the plain module's keys
+            torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buf)
             from ..utils.fileio import atomic_write_bytes
 
             atomic_write_bytes(self.model_file, buf.getvalue())

@@ -143,6 +143,26 @@ class ErrorMinimizingNoise(nn.Module):
         self.delta[uniq] = d.to(self.delta)
         return (x + d[inverse]).clamp(0.0, 1.0)
 
+    def merge_ranks(self, touched: torch.Tensor) -> None:
+        """Under ``torchrun``: make the table one again after each rank updated the rows of its own batches.
+
+        Every row becomes the mean of the versions of the ranks that updated it (``touched``, a boolean per row);
+        rows no rank touched keep their value, which is the same on every rank. Sample-wise rows have one owner when
+        the ranks take disjoint shards of the data, so each gets exactly its owner's PGD result; a class-wise row is
+        updated by every rank and gets the mean of their updates, which stays within the budget (a convex combination
+        of points in the box). A no-op in a single process.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        mask = touched.to(self.delta.device, self.delta.dtype)
+        total = self.delta * mask.view(-1, *([1] * (self.delta.ndim - 1)))
+        dist.all_reduce(total)
+        dist.all_reduce(mask)
+        upd = mask > 0
+        self.delta[upd] = total[upd] / mask[upd].view(-1, *([1] * (self.delta.ndim - 1)))
+
     def config(self) -> dict:
         return {"num_items": self.num_items, "image_shape": list(self.image_shape), "mode": self.mode,
                 "eps": self.eps, "step_size": self.step_size, "steps": self.steps, "seed": self.seed,

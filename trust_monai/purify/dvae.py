@@ -78,6 +78,9 @@ class DVAETrainer(SupervisedTrainer):
         rate_target, rate_weight: the rate constraint of this stage.
         perturbation_floor: energy floor of the perturbation term, switched on after ``warmup_epochs``.
         grad_clip: gradient norm clip (the objective has sharp early steps).
+        distributed: average the gradients over the ``torchrun`` ranks before the clip and the step (what
+            DistributedDataParallel would do; it cannot wrap the network, whose loss comes from ``decompose``, not
+            ``forward``).
         Other args as ``SupervisedTrainer`` (``loss_function`` is not used).
     """
 
@@ -93,6 +96,7 @@ class DVAETrainer(SupervisedTrainer):
         perturbation_floor: float = 0.002,
         warmup_epochs: int = 10,
         grad_clip: float = 5.0,
+        distributed: bool = False,
         **kwargs,
     ):
         kwargs.setdefault("decollate", False)
@@ -102,6 +106,7 @@ class DVAETrainer(SupervisedTrainer):
         )
         self.rate_target, self.rate_weight = float(rate_target), float(rate_weight)
         self.perturbation_floor, self.warmup_epochs, self.grad_clip = float(perturbation_floor), int(warmup_epochs), grad_clip
+        self.distributed = bool(distributed)
         self.parts: dict[str, float] = {}
 
     def _iteration(self, engine, batchdata: dict) -> dict:
@@ -113,6 +118,10 @@ class DVAETrainer(SupervisedTrainer):
         floor = self.perturbation_floor if engine.state.epoch > self.warmup_epochs else None
         loss, parts = dvae_loss(x, rec, pert, mu, logvar, self.rate_target, self.rate_weight, floor)
         loss.backward()
+        if self.distributed:
+            from ..utils.dist import all_reduce_gradients
+
+            all_reduce_gradients(self.network.parameters())
         nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
         self.optimizer.step()
         for k, v in parts.items():
@@ -192,6 +201,12 @@ class TwoStagePurification:
         rate_targets, rate_weights: per stage (the paper: a tight rate first, a looser one for stage 2).
         perturbation_floor, warmup_epochs: see :func:`dvae_loss`; warm-up is capped at half the epochs.
         prefix: checkpoint name prefix (``dvae``; ``vae`` for the ablation).
+        distributed: train data-parallel over the ``torchrun`` ranks (``multi_gpu_train.json``); ``None``: whenever a
+            process group of more than one rank is initialised. Each stage then starts from rank 0's weights, every
+            rank draws its batches from a ``DistributedSampler`` (``batch_size`` is per rank) and the gradients are
+            averaged before each step, so the ranks keep one set of weights; the stage-1 outputs that stage 2 trains
+            on are computed shard by shard and gathered on every rank; checkpoints, the record and the logs are
+            written by rank 0.
     """
 
     def __init__(
@@ -212,6 +227,7 @@ class TwoStagePurification:
         num_workers: int = 0,
         seed: int = 0,
         progress: bool = True,
+        distributed: bool | None = None,
     ):
         if int(stages) not in (1, 2):
             raise BundleError(f"stages must be 1 or 2, got {stages}")
@@ -221,6 +237,8 @@ class TwoStagePurification:
         self.perturbation_floor, self.prefix = float(perturbation_floor), prefix
         self.warmup_epochs = min(int(warmup_epochs), self.epochs // 2)
         self.device, self.num_workers, self.seed, self.progress = torch.device(device), int(num_workers), int(seed), progress
+        self.distributed = distributed
+        self.rank, self.world = 0, 1
 
     def checkpoint(self, stage: int) -> Path:
         return self.ckpt_dir / f"{self.prefix}_stage{stage}.pt"
@@ -233,8 +251,12 @@ class TwoStagePurification:
         }
 
     def run(self) -> list[Path]:
+        from ..utils.dist import barrier, broadcast_state, rank_world
+
         check_labels(self.dataset)
         _collate_same_shape(self.dataset)
+        if self.distributed is not False:
+            self.rank, self.world = rank_world()
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         record_file = self.ckpt_dir / f"{self.prefix}_train.json"
         done = json.loads(record_file.read_text()) if record_file.is_file() else {}
@@ -247,13 +269,17 @@ class TwoStagePurification:
             torch.manual_seed(self.seed + stage)
             net = self.network_factory().to(self.device)
             if ckpt.is_file() and done.get(str(stage)) == rec:
-                logger.info(f"stage {stage}: {ckpt} already trained on this data with these settings; reusing it")
+                if self.rank == 0:
+                    logger.info(f"stage {stage}: {ckpt} already trained on this data with these settings; reusing it")
                 load_state_dict(net, ckpt)
             else:
+                broadcast_state(net)  # one starting point on every rank
                 self._train(net, data, stage)
-                save_state_dict(net.state_dict(), ckpt)
-                done[str(stage)] = rec
-                atomic_write_text(record_file, json.dumps(done, indent=1) + "\n")
+                if self.rank == 0:
+                    save_state_dict(net.state_dict(), ckpt)
+                    done[str(stage)] = rec
+                    atomic_write_text(record_file, json.dumps(done, indent=1) + "\n")
+                barrier()  # the checkpoint is on disk before any rank hashes it below
             paths.append(ckpt)
             if stage < self.stages:
                 data = StageOutputs(self.dataset, self._outputs(net, data))
@@ -264,8 +290,13 @@ class TwoStagePurification:
         from monai.handlers import StatsHandler
 
         g = torch.Generator().manual_seed(self.seed + stage)
-        loader = DataLoader(data, batch_size=self.batch_size, shuffle=True, drop_last=len(data) > self.batch_size,
-                            num_workers=self.num_workers, generator=g)
+        sampler = None
+        if self.world > 1:
+            # equal-length shards (padded), so every rank takes the same number of steps
+            sampler = torch.utils.data.DistributedSampler(data, shuffle=True, seed=self.seed + stage)
+        n = len(sampler) if sampler is not None else len(data)
+        loader = DataLoader(data, batch_size=self.batch_size, shuffle=sampler is None, sampler=sampler,
+                            drop_last=n > self.batch_size, num_workers=self.num_workers, generator=g)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.epochs * len(loader), 1))
         from monai.handlers import LrScheduleHandler
@@ -273,20 +304,24 @@ class TwoStagePurification:
         trainer = DVAETrainer(
             device=self.device, max_epochs=self.epochs, train_data_loader=loader, network=net, optimizer=opt,
             rate_target=self.rate_targets[stage - 1], rate_weight=self.rate_weights[stage - 1],
-            perturbation_floor=self.perturbation_floor, warmup_epochs=self.warmup_epochs,
-            train_handlers=[LrScheduleHandler(sched, print_lr=False, epoch_level=False),
-                            StatsHandler(name=f"trust_monai.purify.stage{stage}", iteration_log=False,
-                                         output_transform=lambda o: None)],
+            perturbation_floor=self.perturbation_floor, warmup_epochs=self.warmup_epochs, distributed=self.world > 1,
+            train_handlers=[LrScheduleHandler(sched, print_lr=False, epoch_level=False)] + (
+                [StatsHandler(name=f"trust_monai.purify.stage{stage}", iteration_log=False,
+                              output_transform=lambda o: None)] if self.rank == 0 else []),
         )
-        if self.progress:
+        from ignite.engine import Events
+
+        if sampler is not None:
+            trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: sampler.set_epoch(e.state.epoch))
+        if self.progress and self.rank == 0:
             from ignite.handlers import ProgressBar
 
             ProgressBar(desc=f"{self.prefix} stage {stage}", persist=False).attach(
                 trainer, output_transform=lambda o: {k: round(v, 4) for k, v in trainer.parts.items()})
-        from ignite.engine import Events
-
         @trainer.on(Events.EPOCH_COMPLETED)
         def _log(engine):
+            if self.rank > 0:
+                return
             p = trainer.parts
             psnr = -10 * math.log10(max(p.get("rec", 1.0), 1e-12))
             logger.info(f"{self.prefix} stage {stage} epoch {engine.state.epoch}/{self.epochs}: "
@@ -294,18 +329,36 @@ class TwoStagePurification:
 
         t0 = time.time()
         trainer.run()
-        logger.info(f"{self.prefix} stage {stage} trained in {time.time() - t0:.0f}s")
+        if self.world > 1:
+            from ..utils.dist import broadcast_state
+
+            broadcast_state(net, buffers_only=True)  # statistics each rank gathered on its own batches: rank 0's
+        if self.rank == 0:
+            logger.info(f"{self.prefix} stage {stage} trained in {time.time() - t0:.0f}s"
+                        + (f" on {self.world} ranks" if self.world > 1 else ""))
 
     @torch.no_grad()
     def _outputs(self, net: nn.Module, data: Dataset) -> list[torch.Tensor]:
+        """Stage output of every item, in order; under ``torchrun`` each rank computes every ``world``-th item and
+        all ranks gather the whole list (stage 2 samples from all of it)."""
+        from ..utils.dist import all_gather_objects
+
         net.eval()
-        loader = DataLoader(data, batch_size=self.batch_size * 2, shuffle=False, num_workers=self.num_workers)
+        mine = list(range(self.rank, len(data), self.world))
+        part = data if self.world == 1 else torch.utils.data.Subset(data, mine)
+        loader = DataLoader(part, batch_size=self.batch_size * 2, shuffle=False, num_workers=self.num_workers)
         out: list[torch.Tensor] = []
         for batch in loader:
             x = batch[Keys.IMAGE].to(self.device).float()
             y = batch[Keys.LABEL].to(self.device)
             out.extend(_stage_output(net, x, y, reconstruct=False).half().cpu().unbind(0))
-        return out
+        if self.world == 1:
+            return out
+        merged: list[torch.Tensor] = [None] * len(data)  # type: ignore[list-item]
+        for r, images in enumerate(all_gather_objects(out)):
+            for i, img in zip(range(r, len(data), self.world), images):
+                merged[i] = img
+        return merged
 
 
 def _dataset_id(ds: Dataset) -> str:

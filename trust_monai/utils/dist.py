@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import torch
 
 __all__ = ["local_device", "init_from_env", "rank_world", "is_main", "barrier", "shard", "all_gather_objects", "backend_for",
-           "destroy"]
+           "destroy", "all_reduce_gradients", "broadcast_state", "main_rank_handlers"]
 
 T = TypeVar("T")
 
@@ -89,8 +89,60 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def all_reduce_gradients(parameters) -> None:
+    """Average the gradients of ``parameters`` over the ranks (one flat all-reduce); a no-op in a single process.
+
+    What DistributedDataParallel does after ``backward``, for modules it cannot wrap (a method other than
+    ``forward`` computes the loss). Parameters without a gradient are skipped; every rank runs the same code, so
+    every rank skips the same ones.
+    """
+    import torch.distributed as dist
+
+    _, world = rank_world()
+    if world == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_state(module: torch.nn.Module, src: int = 0, buffers_only: bool = False) -> None:
+    """Copy ``module``'s parameters and buffers (or buffers only) from rank ``src`` to every rank; a no-op in a single
+    process. Ranks train on different data, so batch-norm statistics drift apart unless they are made one."""
+    import torch.distributed as dist
+
+    if rank_world()[1] == 1:
+        return
+    tensors = list(module.buffers()) if buffers_only else [*module.parameters(), *module.buffers()]
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t.data, src)
+
+
+_WRITERS = ("CheckpointSaver", "PoisonCheckpoint", "ModelSaver", "ProgressBar", "StatsHandler", "TensorBoardStatsHandler",
+            "MLFlowHandler")
+
+
+def main_rank_handlers(handlers: Sequence[Any], drop: Sequence[str] = _WRITERS) -> list[Any]:
+    """``handlers`` on rank 0; on the other ranks the same list without the ones that save, log or draw progress
+    (matched by class name), so checkpoints and logs come from rank 0 only, while handlers that change the training
+    (learning-rate schedules, say) run on every rank."""
+    if rank_world()[0] == 0:
+        return list(handlers)
+    return [h for h in handlers if type(h).__name__ not in drop]
+
+
 def destroy() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # a rank that tears the group down while another still finishes (rank 0 saving) can abort the gloo transport
+        dist.barrier()
         dist.destroy_process_group()
