@@ -232,3 +232,118 @@ def test_sharded_protection_equals_one_process_and_resumes(tmp_path):
     assert files(two) == files(one)
     assert {o: (two / o).stat().st_mtime_ns for o in kept} == kept, "finished cases are not redone"
     assert json.loads((two / "manifest.json").read_text())["cases"] == m1["cases"]
+
+
+def _hashes(d: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    import hashlib
+
+    return {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file() and p.name not in skip}
+
+
+def _timeless(cases: list[dict]) -> list[dict]:
+    """Manifest records without the wall-clock seconds (the only thing two equal runs may differ in)."""
+    out = json.loads(json.dumps(cases))
+    for c in out:
+        for m in c["metrics"].values():
+            if isinstance(m, dict):
+                m.pop("time", None)
+    return out
+
+
+def test_sharded_segmentation_certification_equals_one_process_and_resumes(tmp_path):
+    """DRS segmentation certification under torchrun: rank r certifies every w-th case into its own manifest.rank<r>
+    file, rank 0 merges them in datalist order. Label maps and records equal a single process's; after a killed rank
+    a rerun certifies only its missing cases."""
+    from tests.integration.bundle_harness import resolve_id, smoke_overrides
+
+    ckpt = tmp_path / "models"
+    dataset_dir = str(resolve_id("drs", "inference", "dataset_dir"))
+    # untrained base models do as well as trained ones here (only equality is checked), and save a training run
+    torch.manual_seed(0)
+    models = resolve_id("drs", "inference", "models", dataset_dir=dataset_dir)
+    ckpt.mkdir()
+    torch.save(models.state_dict(), resolve_id("drs", "inference", "checkpoint", ckpt_dir=str(ckpt)))
+    args = {**smoke_overrides("drs", "inference"), "max_cases": 3, "dataset_dir": dataset_dir, "ckpt_dir": str(ckpt),
+            "progress": False}
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = run_bundle("drs", "inference", output_dir=str(one), **args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps(args))
+    run = lambda out: torchrun("--config_file", str(ROOT / "bundles/drs/configs/inference.json"),  # noqa: E731
+                               "--args_file", str(args_file), "--output_dir", str(out))
+    proc = run(two)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "rank 0: certified 2 cases" in log and "rank 1: certified 1 cases" in log
+
+    maps = lambda d: {k: v for k, v in _hashes(d).items() if k.startswith(("rs/", "drs/"))}  # noqa: E731
+    assert len(maps(one)) == 6 and maps(two) == maps(one), "the same certified label maps, byte for byte"
+    m1, m2 = (json.loads((d / "manifest.json").read_text())["cases"] for d in (one, two))
+    assert len(m1) == 3 and _timeless(m2) == _timeless(m1), "one merged manifest, in datalist order"
+    assert [{k: v for k, v in r.items() if k != "time"} for r in rows(two / "certify_cases.csv")] == \
+        [{k: v for k, v in r.items() if k != "time"} for r in rows(one / "certify_cases.csv")]
+    assert not list(two.glob("manifest.rank*.json"))
+
+    # rank 1 killed: its label maps and the merged manifest are gone, rank 0's own manifest is left
+    for m in ("rs", "drs"):
+        (two / m1[1]["metrics"][m]["output"]).unlink()
+    (two / "manifest.json").unlink()
+    doc = json.loads((one / "manifest.json").read_text())
+    doc["cases"] = m2[0::2]
+    (two / "manifest.rank0.json").write_text(json.dumps(doc))
+    kept = {o: (two / o).stat().st_mtime_ns for o in maps(two)}
+    proc = run(two)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert maps(two) == maps(one)
+    assert {o: (two / o).stat().st_mtime_ns for o in kept} == kept, "finished cases are not redone"
+    assert _timeless(json.loads((two / "manifest.json").read_text())["cases"]) == _timeless(m1)
+    assert not list(two.glob("manifest.rank*.json"))
+
+
+def test_sharded_poison_writer_equals_one_process_and_resumes(tmp_path):
+    """ue_natural inference (PoisonWriter) under torchrun: rank r writes batches r, r + w, ... and its own manifest;
+    rank 0 writes dataset.json and merges the manifests. Every file equals a single process's; after a killed rank
+    a rerun (here a single process) writes only its missing images."""
+    from tests.integration.bundle_harness import resolve_id, smoke_overrides
+    from trust_monai.protect import make_poison, save_poison
+
+    ckpt = tmp_path / "models"
+    args = {**smoke_overrides("ue_natural", "inference"), "batch_size": 16, "ckpt_dir": str(ckpt)}
+    args["dataset_dir"] = str(resolve_id("ue_natural", "inference", "dataset_dir"))
+    # a seeded, untrained noise table: the writer's job is the same whatever the noise learned
+    save_poison(make_poison("em_samplewise", 10, [1, 28, 28], args["max_train"], seed=3),
+                resolve_id("ue_natural", "inference", "noise_file", ckpt_dir=str(ckpt)))
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = run_bundle("ue_natural", "inference", output_dir=str(one), **args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps(args))
+    proc = torchrun("--config_file", str(ROOT / "bundles/ue_natural/configs/inference.json"), "--args_file",
+                    str(args_file), "--output_dir", str(two))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wrote 64 poisoned images" in proc.stdout + proc.stderr, "rank 0 reports every rank's images"
+
+    files = _hashes(one, skip=("manifest.json",))
+    assert len(files) == 64 + 32 + 1 and _hashes(two, skip=("manifest.json",)) == files
+    m1, m2 = (json.loads((d / "manifest.json").read_text())["cases"] for d in (one, two))
+    assert len(m1) == 96 and m2 == m1, "one merged manifest, in datalist order"
+    assert not list(two.glob("manifest.rank*.json"))
+
+    # rank 1 killed: the images of its batches (1, 3, 5 of 16) and the merged manifest are gone
+    batches = [m1[i: i + 16] for i in range(0, 96, 16)]
+    for c in (c for b in batches[1::2] for c in b):
+        (two / c["output"]).unlink()
+    (two / "manifest.json").unlink()
+    doc = json.loads((one / "manifest.json").read_text())
+    doc["cases"] = [c for b in batches[0::2] for c in b]
+    (two / "manifest.rank0.json").write_text(json.dumps(doc))
+    kept = {c["output"]: (two / c["output"]).stat().st_mtime_ns for c in doc["cases"]}
+    proc = run_bundle("ue_natural", "inference", output_dir=str(two), **args)  # the rerun may be one process
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wrote 32 poisoned images" in proc.stdout + proc.stderr
+    assert _hashes(two, skip=("manifest.json",)) == files
+    assert {o: (two / o).stat().st_mtime_ns for o in kept} == kept, "finished images are not rewritten"
+    assert json.loads((two / "manifest.json").read_text())["cases"] == m1
+    assert not list(two.glob("manifest.rank*.json"))

@@ -565,38 +565,56 @@ class CertifySegmentation(_SmoothingRun):
         return self.output_dir / method / Path(src).resolve().relative_to(self.dataset_dir)
 
     def run(self) -> list[dict]:
+        """Certify, write the outputs, return the per-case rows (every rank's, merged, on rank 0).
+
+        Under ``torchrun`` rank ``r`` of ``w`` certifies cases ``r, r + w, ...`` of the datalist and records them in
+        ``manifest.rank<r>.json``; rank 0 then merges the records into ``manifest.json`` in datalist order and writes
+        the tables and the picture. Every case's smoother starts its noise stream from ``seed`` (a new smoother per
+        case and method), so a case's certificate does not depend on which rank, or in which order, it was certified:
+        the sharded result equals a single process's. A finished case (its record, its label maps with the recorded
+        hashes, the same settings) is not redone, also when its record sits in a rank file of a killed run.
+        """
         from monai.transforms import DivisiblePad
 
         from ..data.io import read_image, write_image
         from ..data.pipelines import segmentation_transforms
+        from ..utils.dist import all_gather_objects, barrier, init_from_env
         from ..utils.fileio import sha256_file
         from .manifest import Manifest
 
+        rank, world = init_from_env(self.device)
         entries = self._entries()
         load_state_dict(self.models, self.checkpoint)
         self.models.to(self.device).eval()
         manifest = Manifest(self.output_dir, "drs", "inference", input_dir=self.dataset_dir, seed=self.seed,
-                            overwrite=self.overwrite)
+                            overwrite=self.overwrite, shard=rank if world > 1 else None)
+        mine = list(range(rank, len(entries), world))
+        if world > 1:
+            manifest.restrict(entries[i]["image"] for i in mine)
         from ..utils.fileio import remove_stale_temps
 
-        remove_stale_temps(self.output_dir)  # temp files of a killed run's writes (the manifest above vouches)
+        if rank == 0:
+            remove_stale_temps(self.output_dir)  # temp files of a killed run's writes (the manifest above vouches)
+        barrier()  # no rank writes before the temps are gone
         settings = {m: _settings_key({"method": m, "budget": self.budget(m), "tau": self.tau, "alpha": self.alpha,
                                       "sigma": (self.sigma, self.sigma_l, self.sigma_r), "seed": self.seed,
                                       "ckpt": sha256_file(self.checkpoint)}) for m in self.methods}
         xform = segmentation_transforms(self.spatial_dims, train=False)
         pad = DivisiblePad(k=self.divisible, method="end", mode="constant")
-        rows = []
+        rows: list[dict] = []
         changed = False
         from tqdm.auto import tqdm
 
-        for entry in tqdm(entries, desc="certify voxels", disable=not self.progress, leave=False):
+        t0 = time.perf_counter()
+        for pos in tqdm(mine, desc="certify voxels", disable=not self.progress or rank > 0, leave=False):
+            entry = entries[pos]
             src = entry["image"]
             rec = manifest.cases[manifest._index[src]] if src in manifest._index else None
             if (rec is not None and manifest.is_done(src) and all(
                     rec["metrics"].get(m, {}).get("settings") == settings[m] and self._out(m, src).is_file()
                     and sha256_file(self._out(m, src)) == rec["metrics"][m].get("output_sha256")
                     for m in self.methods)):
-                rows += [{"case": Path(src).name, "method": m, **rec["metrics"][m]} for m in self.methods]
+                rows += [{"pos": pos, "case": Path(src).name, "method": m, **rec["metrics"][m]} for m in self.methods]
                 continue
             data = xform({"image": src, "label": entry["label"]})
             x = pad(data["image"]).as_tensor().float().to(self.device)
@@ -607,7 +625,7 @@ class CertifySegmentation(_SmoothingRun):
             first = None
             for m in self.methods:
                 n0, n, bs = self.budget(m)
-                smooth = self.smoother(m)
+                smooth = self.smoother(m)  # a fresh stream from `seed` for every case: results independent of order
                 labels, radius = smooth.certify(x, n0, n, self.alpha, bs, tau=self.tau)
                 labels = labels[tuple(slice(0, s) for s in shape)].cpu()
                 met = certified_metrics(labels, ref, self.num_classes)
@@ -619,16 +637,34 @@ class CertifySegmentation(_SmoothingRun):
                 metrics[m] = {"settings": settings[m], "radius": radius, "n0": n0, "n": n, "tau": self.tau,
                               "time": smooth.last_record["time"], "output": manifest.relpath(dst),
                               "output_sha256": sha256_file(dst), **met}
-                rows.append({"case": Path(src).name, "method": m, **metrics[m]})
+                rows.append({"pos": pos, "case": Path(src).name, "method": m, **metrics[m]})
                 first = first or dst
             manifest.record(src, first, status="done", metrics=metrics)
             changed = True
-        outputs = ("certify_cases.csv", "certified_segmentation.csv", "certified_segmentation.md",
-                   "certified_segmentation.png")
-        if changed or not all((self.output_dir / f).is_file() for f in outputs):
-            self._write(rows, entries)
-        else:
-            logger.info(f"every case was already certified with these settings; {self.output_dir} left unchanged")
+        if world > 1:
+            manifest.save()  # this rank's file, even when it had nothing to do
+            logger.info(f"rank {rank}: certified {len(mine)} cases in {time.perf_counter() - t0:.1f}s")
+        gathered = all_gather_objects((rows, changed))  # also the point where every rank's files are on disk
+        if rank == 0:
+            order = {m: k for k, m in enumerate(self.methods)}
+            rows = sorted((r for part, _ in gathered for r in part), key=lambda r: (r["pos"], order[r["method"]]))
+            for r in rows:
+                del r["pos"]
+            changed = any(c for _, c in gathered)
+            parts = list(self.output_dir.glob("manifest.rank*.json"))
+            if world == 1 and parts:  # a rerun after a killed sharded run: this manifest holds what the ranks recorded
+                manifest.save()
+                for part in parts:
+                    part.unlink()
+            if world > 1 or parts:
+                Manifest.merge_shards(self.output_dir, [e["image"] for e in entries])  # one file, datalist order
+            outputs = ("certify_cases.csv", "certified_segmentation.csv", "certified_segmentation.md",
+                       "certified_segmentation.png")
+            if changed or not all((self.output_dir / f).is_file() for f in outputs):
+                self._write(rows, entries)
+            else:
+                logger.info(f"every case was already certified with these settings; {self.output_dir} left unchanged")
+        barrier()
         return rows
 
     def _write(self, rows: list[dict], entries: list[dict]) -> None:

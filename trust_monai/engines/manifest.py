@@ -147,6 +147,13 @@ class Manifest:
             part.unlink()
         return main
 
+    def restrict(self, inputs) -> None:
+        """Keep only the records of ``inputs`` (a rank's shard). A rank's file then never carries a record of another
+        rank's case, which :meth:`merge_shards` could let win over that rank's newer one."""
+        keep = {str(i) for i in inputs}
+        self.data["cases"] = [c for c in self.data["cases"] if c["input"] in keep]
+        self._index = {c["input"]: i for i, c in enumerate(self.data["cases"])}
+
     def relpath(self, path) -> str:
         """Path relative to ``output_dir`` when inside it, else absolute (what the manifest stores for outputs)."""
         p = Path(path).resolve()

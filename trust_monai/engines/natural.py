@@ -453,6 +453,12 @@ class PoisonWriter(Evaluator):
         seed: recorded in the manifest.
         bundle: bundle name recorded in the manifest.
         val_handlers: handlers (progress bar, stats).
+
+    Under ``torchrun`` the writer shards itself: rank ``r`` of ``w`` takes batches ``r, r + w, ...`` of the loader
+    (the very batches a single process forms, so even a batched purifier network computes the same numbers), writes
+    their images and records them in ``manifest.rank<r>.json``; rank 0 writes ``dataset.json`` and merges the rank
+    files into ``manifest.json`` in datalist order. Poisons are fixed tables or patterns (or networks in eval mode), so
+    the files equal a single process's; a rerun after a killed rank redoes only what is missing.
     """
 
     def __init__(
@@ -469,6 +475,12 @@ class PoisonWriter(Evaluator):
         **kwargs: Any,
     ):
         kwargs.setdefault("decollate", False)
+        from ..utils.dist import init_from_env
+
+        self.rank, self.world = init_from_env(device)
+        self.full_dataset = val_data_loader.dataset
+        if self.world > 1:
+            val_data_loader = _shard_batches(val_data_loader, self.rank, self.world)
         super().__init__(device=device, val_data_loader=val_data_loader, val_handlers=val_handlers, **kwargs)
         if noise_file is None and poison is None:
             raise BundleError("PoisonWriter needs noise_file or poison")
@@ -481,26 +493,40 @@ class PoisonWriter(Evaluator):
         self.add_event_handler(Events.COMPLETED, self._finish)
 
     def _start(self, engine) -> None:
+        from ..utils.dist import barrier
+
         # everything that can fail on bad input happens before the first write
         self.manifest = Manifest(
-            self.output_dir, self.bundle, "inference", self.dataset_dir, self.seed, save_every=2048
+            self.output_dir, self.bundle, "inference", self.dataset_dir, self.seed, save_every=2048,
+            shard=self.rank if self.world > 1 else None,
         )
+        parts = _parts(self.full_dataset)
+        self._inputs = [p for d in parts for p in d.paths]  # datalist order: the order of the merged manifest
+        if self.world > 1:  # this rank's file holds only its own cases (see Manifest.restrict)
+            self.manifest.restrict(
+                p for idx in self.data_loader.batch_sampler for p in (self._inputs[i] for i in idx))
         from ..utils.fileio import remove_stale_temps
 
-        remove_stale_temps(self.output_dir)  # temp files of a killed run (the manifest above accepted the folder)
+        if self.rank == 0:
+            remove_stale_temps(self.output_dir)  # temp files of a killed run (the manifest above accepted the folder)
+        barrier()  # no rank writes before the temps are gone
         if self.poison is None:
             from ..protect import load_poison
 
             self.poison = load_poison(self.noise_file)
         self.poison = self.poison.to(self.state.device)
-        n_train = sum(len(d) for d in _parts(self.data_loader.dataset) if getattr(d, "section", "") == "training")
+        n_train = sum(len(d) for d in parts if getattr(d, "section", "") == "training")
         rows = getattr(self.poison, "num_items", None)
         if getattr(self.poison, "mode", "") == "samplewise" and rows is not None and rows < n_train:
             raise BundleError(
                 f"{self.noise_file}: sample-wise noise covers {rows} training images but {self.dataset_dir} lists "
                 f"{n_train}; run train.json on the same dataset with the same --max_train"
             )
+        # the output datalist lists every entry, also those other ranks write
         self._sections: dict[str, list] = {}
+        for d in parts:
+            self._sections.setdefault(d.section, []).extend(
+                {"image": r, "label": int(lab)} for r, lab in zip(d.rel, d.labels.tolist()))
         self._stats: list[dict] = []
         from ..utils.fileio import sha256_file
 
@@ -519,8 +545,6 @@ class PoisonWriter(Evaluator):
         sections, paths, rels = batchdata["section"], batchdata["path"], batchdata["rel"]
         train = torch.tensor([s == "training" for s in sections], device=x.device)
         todo = [not self._done(p, s) for p, s in zip(paths, sections)]
-        for s, r, lab in zip(sections, rels, y.tolist()):
-            self._sections.setdefault(s, []).append({"image": r, "label": int(lab)})
         if not any(todo):
             return {Keys.IMAGE: x, Keys.LABEL: y}
         xp = x.clone()
@@ -557,27 +581,48 @@ class PoisonWriter(Evaluator):
         return rec["metrics"].get("noise_sha256") == self._noise_hash
 
     def _finish(self, engine) -> None:
+        from ..utils.dist import all_gather_objects, barrier
+
         assert self.manifest is not None
-        datalist_path = self.dataset_dir / "dataset.json"
-        src = json.loads(datalist_path.read_text())
-        out = {k: v for k, v in src.items() if not (isinstance(v, list) and v and isinstance(v[0], dict))}
-        out.update(self._sections)
-        out["description"] = f"{src.get('description', self.dataset_dir.name)} - training split {self._verb} with " \
-                             f"{self.poison.name} by trust_monai {self.bundle}; test split copied unchanged"
-        text = json.dumps(out, indent=1) + "\n"
-        target = self.output_dir / "dataset.json"
-        if not target.is_file() or target.read_text() != text:
-            atomic_write_text(target, text)
+        if self.rank == 0:
+            datalist_path = self.dataset_dir / "dataset.json"
+            src = json.loads(datalist_path.read_text())
+            out = {k: v for k, v in src.items() if not (isinstance(v, list) and v and isinstance(v[0], dict))}
+            out.update(self._sections)
+            out["description"] = f"{src.get('description', self.dataset_dir.name)} - training split {self._verb} " \
+                                 f"with {self.poison.name} by trust_monai {self.bundle}; test split copied unchanged"
+            text = json.dumps(out, indent=1) + "\n"
+            target = self.output_dir / "dataset.json"
+            if not target.is_file() or target.read_text() != text:
+                atomic_write_text(target, text)
         self.manifest.save()
-        if self._stats:
-            mean = {k: float(np.mean([s[k] for s in self._stats if s[k] is not None] or [float("nan")]))
-                    for k in ("linf", "l2", "psnr")}
-            self.logger.info(
-                f"wrote {len(self._stats)} {self._verb} images: mean L-inf {mean['linf'] * 255:.2f}/255, "
-                f"L2 {mean['l2']:.3f}, PSNR {mean['psnr']:.1f} dB"
-            )
-        else:
-            self.logger.info("every case was already done; nothing rewritten")
+        stats = [s for part in all_gather_objects(self._stats) for s in part]  # also: every rank's files are written
+        if self.rank == 0:
+            shards = list(self.output_dir.glob("manifest.rank*.json"))
+            if self.world == 1 and shards:  # rerun after a killed sharded run: this manifest holds their records
+                for part in shards:
+                    part.unlink()
+            if self.world > 1 or shards:
+                Manifest.merge_shards(self.output_dir, self._inputs)  # one manifest, datalist order
+            if stats:
+                mean = {k: float(np.mean([s[k] for s in stats if s[k] is not None] or [float("nan")]))
+                        for k in ("linf", "l2", "psnr")}
+                self.logger.info(
+                    f"wrote {len(stats)} {self._verb} images: mean L-inf {mean['linf'] * 255:.2f}/255, "
+                    f"L2 {mean['l2']:.3f}, PSNR {mean['psnr']:.1f} dB"
+                    + (f" ({self.world} ranks)" if self.world > 1 else "")
+                )
+            else:
+                self.logger.info("every case was already done; nothing rewritten")
+        barrier()
+
+
+def _shard_batches(loader: DataLoader, rank: int, world: int) -> DataLoader:
+    """``loader`` restricted to batches ``rank, rank + world, ...`` of its in-order batches (same batch size)."""
+    n, bs = len(loader.dataset), int(loader.batch_size or 1)
+    batches = [list(range(i, min(i + bs, n))) for i in range(0, n, bs)][rank::world]
+    return DataLoader(loader.dataset, batch_sampler=batches, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn)
 
 
 def _parts(ds) -> list:
