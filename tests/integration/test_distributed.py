@@ -347,3 +347,55 @@ def test_sharded_poison_writer_equals_one_process_and_resumes(tmp_path):
     assert {o: (two / o).stat().st_mtime_ns for o in kept} == kept, "finished images are not rewritten"
     assert json.loads((two / "manifest.json").read_text())["cases"] == m1
     assert not list(two.glob("manifest.rank*.json"))
+
+
+def _sync_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    from trust_monai.protect import ErrorMinimizingNoise
+    from trust_monai.utils import dist
+
+    dist.init_from_env("cpu")
+    p, q = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.tensor([1.0, 2.0, 3.0]) * (rank + 1)  # q has no gradient: skipped alike on every rank
+    dist.all_reduce_gradients([p, q])
+    # sample-wise: rank r owns rows r, r + w, ... and moves them to r + 1 (scaled to stay in the budget)
+    rows = ErrorMinimizingNoise(4, [1, 2, 2], mode="samplewise", seed=0)
+    mine = torch.zeros(4, dtype=torch.bool)
+    mine[rank::world] = True
+    rows.delta[mine] = 0.01 * (rank + 1)
+    rows.merge_ranks(mine)
+    # class-wise: both ranks update row 0, nobody row 1
+    classes = ErrorMinimizingNoise(2, [1, 2, 2], mode="classwise", seed=0)
+    classes.delta[0] = 0.01 * (rank + 1)
+    classes.merge_ranks(torch.tensor([True, False]))
+    net = torch.nn.BatchNorm1d(2)
+    net.running_mean.fill_(rank)
+    dist.broadcast_state(net, buffers_only=True)
+    torch.save({"grad": p.grad, "rows": rows.delta, "classes": classes.delta, "mean": net.running_mean},
+               f"{out}/rank{rank}.pt")
+    dist.destroy()
+
+
+def test_gradient_and_noise_table_sync(tmp_path):
+    """The helpers behind the custom trainers' data parallelism, on 2 gloo processes: gradients are averaged, a
+    noise table gets each sample-wise row from its owner and each class-wise row as the mean of the ranks that moved it,
+    and batch-norm statistics come from rank 0."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from trust_monai.protect import ErrorMinimizingNoise
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_sync_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs between the ranks"
+    assert torch.equal(a["grad"], torch.tensor([1.5, 3.0, 4.5]))
+    assert torch.allclose(a["rows"][0::2], torch.full((2, 1, 2, 2), 0.01))
+    assert torch.allclose(a["rows"][1::2], torch.full((2, 1, 2, 2), 0.02))
+    init = ErrorMinimizingNoise(2, [1, 2, 2], mode="classwise", seed=0).delta
+    assert torch.allclose(a["classes"][0], torch.full((1, 2, 2), 0.015)) and torch.equal(a["classes"][1], init[1])
+    assert torch.equal(a["mean"], torch.zeros(2))
