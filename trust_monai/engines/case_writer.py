@@ -138,6 +138,8 @@ class CaseWriter(Workflow):
             overwrite=self.overwrite, settings=settings, refuse_foreign=True,
             shard=self.rank if self.world > 1 else None,
         )
+        if self.world > 1:  # this rank's file holds only its own cases (see Manifest.restrict)
+            self.manifest.restrict(c["entry"][self.image_key] for c in self.cases)
         if self.rank == 0:
             remove_stale_temps(self.output_dir)  # the folder is ours (checked above): leftovers of a killed run
         barrier()  # no rank writes before every rank has checked the folder and the temps are gone
