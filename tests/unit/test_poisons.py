@@ -155,6 +155,49 @@ class TestSeparability(unittest.TestCase):
         pred = ar_residual(noise.double(), ar.coefficients).argmin(1)
         self.assertEqual(float((pred == y).float().mean()), 1.0)
 
+    def test_ar_candidates_pick_more_distinct_filters(self):
+        """Choosing 10 of 120 draws raises the smallest cross-class residual well above 10 plain draws' (those hold
+        a nearly alike pair), and each class's filter still annihilates its own noise."""
+        from trust_monai.protect.poisons import ar_generate, project_l2
+
+        shape = (1, 28, 28)
+
+        def closest_pair(ar):
+            g = torch.Generator().manual_seed(7)
+            start = torch.randn((10, 1, 30, 30), generator=g, dtype=torch.float64)
+            noise = project_l2(ar_generate(ar.coefficients, shape, start), 1.0)
+            r = ar_residual(noise, ar.coefficients)
+            return float(torch.minimum(r, r.T).fill_diagonal_(float("inf")).min())
+
+        plain = AutoregressivePoison(10, shape, seed=0)
+        chosen = AutoregressivePoison(10, shape, seed=0, candidates=120)
+        self.assertEqual(tuple(chosen.coefficients.shape), tuple(plain.coefficients.shape))
+        self.assertGreater(closest_pair(chosen), 4 * closest_pair(plain))
+        y = torch.arange(100) % 10
+        noise = chosen.noise(torch.arange(100), y)
+        self.assertEqual(float((ar_residual(noise.double(), chosen.coefficients).argmin(1) == y).float().mean()), 1.0)
+        # the choice is part of the saved config, and a reload gives the same filters
+        again = make_poison("ar", 10, shape, seed=0, candidates=120)
+        torch.testing.assert_close(again.coefficients, chosen.coefficients)
+        self.assertEqual(chosen.config()["candidates"], 120)
+
+    def test_ar_fill_clipped_restores_budget_on_black_background(self):
+        """On mostly black images clipping removes about half of the AR change; ``fill_clipped`` brings the clipped
+        change back to the L2 budget and never above it."""
+        shape = (1, 28, 28)
+        x = torch.zeros((12, *shape))
+        x[:, :, 8:20, 8:20] = 0.5  # a grey object on black, like Fashion-MNIST
+        y, idx = torch.arange(12) % 4, torch.arange(12)
+        plain = AutoregressivePoison(4, shape, seed=0)
+        filled = AutoregressivePoison(4, shape, seed=0, fill_clipped=True)
+        n_plain = (plain.apply(x, idx, y) - x).flatten(1).norm(dim=1)
+        xf = filled.apply(x, idx, y)
+        n_filled = (xf - x).flatten(1).norm(dim=1)
+        self.assertTrue(bool((n_plain < 0.9 * plain.eps).all()))
+        self.assertTrue(bool((n_filled <= filled.eps * (1 + 1e-5)).all()))
+        self.assertTrue(bool((n_filled >= 0.99 * filled.eps).all()))
+        self.assertTrue(bool(((xf >= 0) & (xf <= 1)).all()))
+
 
 def _train(net, x, y, epochs, lr=0.05, seed=0):
     torch.manual_seed(seed)

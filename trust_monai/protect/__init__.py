@@ -50,7 +50,8 @@ def make_poison(
         num_samples: training samples (rows of sample-wise EM noise).
         seed: seed of the initialisation / generation.
         eps: budget (L-inf for EM, L2 for LSP / AR); ``None`` = the paper's default for this image size.
-        kwargs: passed on (``steps``, ``step_size`` for EM; ``patch_size`` for LSP; ``window`` for AR).
+        kwargs: passed on (``steps``, ``step_size`` for EM; ``patch_size`` for LSP; ``window``, ``candidates``,
+            ``fill_clipped`` for AR).
     """
     if poison in ("em_samplewise", "em_classwise"):
         mode = poison[3:]
@@ -63,7 +64,9 @@ def make_poison(
     if poison == "lsp":
         return LinearSeparablePoison(num_classes, image_shape, patch_size=kwargs.get("patch_size"), eps=eps, seed=seed)
     if poison == "ar":
-        return AutoregressivePoison(num_classes, image_shape, eps=eps, window=kwargs.get("window", 3), seed=seed)
+        return AutoregressivePoison(num_classes, image_shape, eps=eps, window=kwargs.get("window", 3), seed=seed,
+                                    candidates=kwargs.get("candidates", 0),
+                                    fill_clipped=kwargs.get("fill_clipped", False))
     raise ValueError(f"unknown poison {poison!r}; choose one of {', '.join(POISONS)}")
 
 

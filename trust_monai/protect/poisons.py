@@ -166,6 +166,10 @@ class AutoregressivePoison(nn.Module):
 
     Coefficients of the ``window ** spatial_dims - 1`` causal neighbours are drawn from N(0, 1) and normalised to sum
     to one (the process then neither decays nor drifts in mean); a filter whose test sequence blows up is redrawn.
+    With ``candidates > num_classes`` that many stable filter sets are drawn and the ``num_classes`` most distinct are
+    kept (greedy max-min of the residual energy one class's filter leaves on another class's noise), as the paper
+    searches its AR parameters: two random filters are often nearly alike, and two classes sharing one shortcut make
+    the victim learn real features to tell them apart.
     The noise of training sample ``index`` starts from a Gaussian canvas seeded by ``(seed, index)``, so it is the
     same every time it is generated and needs no storage; ``samplewise=False`` gives one realisation per class.
 
@@ -176,6 +180,11 @@ class AutoregressivePoison(nn.Module):
         window: AR window side (3 -> 3x3 in 2D).
         seed: filters and starts are a function of ``seed``.
         samplewise: one realisation per sample (the paper) or per class.
+        candidates: stable filter sets drawn to choose the ``num_classes`` most distinct from (``<= num_classes``:
+            keep the first draws).
+        fill_clipped: rescale each image's noise so that the change *after* clipping to [0, 1] has L2 norm ``eps``
+            (where reachable). Clipping removes the part of the noise that leaves [0, 1]: on black backgrounds
+            (Fashion-MNIST) that is half of it, and the effective budget falls well below ``eps``.
     """
 
     learnable = False
@@ -189,18 +198,42 @@ class AutoregressivePoison(nn.Module):
         window: int = 3,
         seed: int = 0,
         samplewise: bool = True,
+        candidates: int = 0,
+        fill_clipped: bool = False,
     ):
         super().__init__()
         self.num_classes, self.image_shape = int(num_classes), tuple(int(s) for s in image_shape)
         self.eps = float(ar_budget(self.image_shape) if eps is None else eps)
         self.window, self.seed, self.samplewise = int(window), int(seed), bool(samplewise)
+        self.candidates, self.fill_clipped = int(candidates), bool(fill_clipped)
         n_off = len(_causal_offsets(self.window, len(self.image_shape) - 1))
         g = torch.Generator().manual_seed(self.seed)
-        coeffs = torch.zeros(self.num_classes, self.image_shape[0], n_off, dtype=torch.float64)
-        for k in range(self.num_classes):
+        n_draw = max(self.num_classes, self.candidates)
+        coeffs = torch.zeros(n_draw, self.image_shape[0], n_off, dtype=torch.float64)
+        for k in range(n_draw):
             for c in range(self.image_shape[0]):
                 coeffs[k, c] = self._draw_stable(g, n_off)
+        if n_draw > self.num_classes:
+            coeffs = coeffs[self._most_distinct(coeffs, g)]
         self.register_buffer("coefficients", coeffs)
+
+    def _most_distinct(self, coeffs: torch.Tensor, g: torch.Generator) -> list[int]:
+        """Indices of ``num_classes`` filter sets chosen greedily to maximise the smallest cross-class residual.
+
+        ``r[i, j]``: energy the filter of set ``j`` leaves on a unit-norm realisation of process ``i`` (0 for ``i = j``);
+        a pair is as distinct as its smaller direction, ``min(r[i, j], r[j, i])``.
+        """
+        canvas = [s + self.window - 1 for s in self.image_shape[1:]]
+        start = torch.randn((len(coeffs), self.image_shape[0], *canvas), generator=g, dtype=torch.float64)
+        noise = project_l2(ar_generate(coeffs, self.image_shape, start, self.window), 1.0)
+        r = ar_residual(noise, coeffs, self.window)
+        r = torch.minimum(r, r.T)
+        chosen = [int(r.sum(1).argmax())]
+        while len(chosen) < self.num_classes:
+            score = r[:, chosen].min(1).values
+            score[chosen] = -1.0
+            chosen.append(int(score.argmax()))
+        return chosen
 
     def _draw_stable(self, g: torch.Generator, n_off: int) -> torch.Tensor:
         shape = (1, *self.image_shape[1:])
@@ -230,9 +263,25 @@ class AutoregressivePoison(nn.Module):
         return project_l2(x, self.eps).float().to(self.coefficients.device)
 
     def apply(self, x: torch.Tensor, index: torch.Tensor | None, label: torch.Tensor) -> torch.Tensor:
-        """``clip(x + delta, 0, 1)`` with the AR noise of each sample."""
-        return (x + self.noise(index, label).to(x)).clamp(0.0, 1.0)
+        """``clip(x + s * delta, 0, 1)`` with the AR noise of each sample; ``s = 1``, or with ``fill_clipped`` the
+        per-image scale (found by bisection) at which the clipped change has L2 norm ``eps``, capped at 4."""
+        delta = self.noise(index, label).to(x)
+        if not self.fill_clipped:
+            return (x + delta).clamp(0.0, 1.0)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+
+        def change(s):
+            return ((x + s.view(shape) * delta).clamp(0.0, 1.0) - x).flatten(1).norm(dim=1)
+
+        # the clipped norm grows monotonically with s, so bisection finds the scale; s never goes below 1
+        lo, hi = torch.ones(len(x), device=x.device), torch.full((len(x),), 4.0, device=x.device)
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            over = change(mid) > self.eps
+            hi, lo = torch.where(over, mid, hi), torch.where(over, lo, mid)
+        return (x + lo.view(shape) * delta).clamp(0.0, 1.0)
 
     def config(self) -> dict:
         return {"num_classes": self.num_classes, "image_shape": list(self.image_shape), "eps": self.eps,
-                "window": self.window, "seed": self.seed, "samplewise": self.samplewise}
+                "window": self.window, "seed": self.seed, "samplewise": self.samplewise,
+                "candidates": self.candidates, "fill_clipped": self.fill_clipped}
