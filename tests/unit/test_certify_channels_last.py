@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from parameterized import parameterized
 
@@ -54,3 +55,16 @@ def test_dual_smooth_channels_last_equals_contiguous():
     cl = DualSmooth(*nets, 10, 0.5, seed=1, channels_last=True)
     assert ref.certify(x, 20, 100, 0.001, 50) == cl.certify(x, 20, 100, 0.001, 50)
     assert ref.last_record.counts == cl.last_record.counts
+
+
+@pytest.mark.slow  # torch.compile's warm-up (a C++ build) takes 10-30 s on 2 cores
+def test_smooth_compile_option_certifies_alike():
+    net = _net(2, 1)
+    x = torch.rand(1, 28, 28)
+    ref = Smooth(copy.deepcopy(net), 10, 0.5, seed=2, channels_last=False)
+    comp = Smooth(net, 10, 0.5, seed=2, compile=True)
+    assert ref.certify(x, 20, 100, 0.001, 50) == comp.certify(x, 20, 100, 0.001, 50)
+    assert ref.last_record.counts == comp.last_record.counts
+    with torch.no_grad():
+        xb = torch.rand(50, 1, 28, 28)
+        torch.testing.assert_close(ref.base_classifier(xb), comp._compiled[id(net)](xb), rtol=1e-5, atol=1e-5)
