@@ -384,18 +384,22 @@ class DVAEPurifier(nn.Module):
         reconstruct: let the last stage reconstruct (two-stage D-VAE); ``False`` keeps ``x - perturbation``
             (the stage-1-only ablation).
         name: recorded in manifests (``dvae``, ``dvae_stage1``, ``vae``).
+        compile: run each stage's ``decompose`` through ``torch.compile`` (needs a C++ compiler on the CPU); measured
+            1.07-1.34x on 3D volumes of 48^3-64^3 on the CPU after a warm-up of about 20-25 s per input shape, so it
+            pays on long runs of same-shape inputs only; off by default. Outputs equal to float tolerance.
     """
 
     mode = "purify"
 
     def __init__(self, network_factory: Callable[[], nn.Module], checkpoints: Sequence[str | os.PathLike],
-                 reconstruct: bool = True, name: str = "dvae"):
+                 reconstruct: bool = True, name: str = "dvae", compile: bool = False):
         super().__init__()
         if isinstance(checkpoints, (str, os.PathLike)):
             checkpoints = [checkpoints]
         self.checkpoints = [Path(c) for c in checkpoints]
         self.stages = nn.ModuleList([network_factory() for _ in self.checkpoints])
         self.reconstruct, self.name, self._loaded = bool(reconstruct), name, False
+        self.compile = bool(compile)
 
     def fingerprint(self) -> str:
         """Identifies the weights, so a resumed write redoes cases made with other ones."""
@@ -406,6 +410,8 @@ class DVAEPurifier(nn.Module):
             for net, c in zip(self.stages, self.checkpoints):
                 load_state_dict(net, c)
                 net.eval()
+                if self.compile:  # an instance attribute shadows the method; the state dict is untouched
+                    net.decompose = torch.compile(net.decompose)
             self._loaded = True
         return self
 
