@@ -108,8 +108,9 @@ class _Sampler:
 
     def _memory_format(self, model: nn.Module, x: torch.Tensor) -> torch.memory_format:
         """Channels-last for image / volume inputs when enabled (``None``: on the CPU only, where it was measured to
-        pay, 1.4x for the drs_natural ResNet, BENCHMARKS.md); the model's conv weights are converted to match, in
-        place (values unchanged), since a 1-channel input alone does not switch the convolutions' layout."""
+        pay, median 1.24x for the drs_natural ResNet, BENCHMARKS.md; no GPU was measured); the model's conv weights
+        are converted to match, in place (values unchanged), since a 1-channel input alone does not switch the
+        convolutions' layout."""
         on = self.channels_last if self.channels_last is not None else x.device.type == "cpu"
         if not on or x.ndim not in (3, 4):
             return torch.contiguous_format
