@@ -68,3 +68,28 @@ def test_smooth_compile_option_certifies_alike():
     with torch.no_grad():
         xb = torch.rand(50, 1, 28, 28)
         torch.testing.assert_close(ref.base_classifier(xb), comp._compiled[id(net)](xb), rtol=1e-5, atol=1e-5)
+
+
+class _ViewNet(torch.nn.Module):
+    """A classifier that flattens its conv features with ``.view``, which channels-last activations do not allow."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        f = self.conv(x)
+        return self.fc(f.view(f.shape[0], -1))
+
+
+def test_default_falls_back_to_plain_layout_for_view_models():
+    torch.manual_seed(0)
+    net, x = _ViewNet().eval(), torch.rand(3, 8, 8)
+    ref = Smooth(copy.deepcopy(net), 10, 0.5, seed=4, channels_last=False)
+    auto = Smooth(net, 10, 0.5, seed=4)
+    assert ref.certify(x, 20, 100, 0.001, 30) == auto.certify(x, 20, 100, 0.001, 30)
+    assert ref.last_record.counts == auto.last_record.counts  # the same noise stream despite the retried batch
+    assert net.conv.weight.is_contiguous()
+    with pytest.raises(RuntimeError):  # asked for explicitly: the error is not hidden
+        Smooth(copy.deepcopy(net), 10, 0.5, channels_last=True).certify(x, 20, 100, 0.001, 30)
