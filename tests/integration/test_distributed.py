@@ -399,3 +399,43 @@ def test_gradient_and_noise_table_sync(tmp_path):
     init = ErrorMinimizingNoise(2, [1, 2, 2], mode="classwise", seed=0).delta
     assert torch.allclose(a["classes"][0], torch.full((1, 2, 2), 0.015)) and torch.equal(a["classes"][1], init[1])
     assert torch.equal(a["mean"], torch.zeros(2))
+
+
+def _empty_shard_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    from trust_monai.engines.natural import ErrorMinimizingTrainer
+    from trust_monai.errors import TrustMonaiError
+    from trust_monai.networks import SmallResNet
+    from trust_monai.protect import ErrorMinimizingNoise
+    from trust_monai.utils import dist
+
+    dist.init_from_env("cpu")
+    items = [{"image": torch.zeros(1, 8, 8), "label": 0, "index": 0}]  # one image for two processes
+    loader = torch.utils.data.DataLoader(items, batch_size=1, sampler=dist.shard(range(len(items))))
+    net = SmallResNet(2, 1, 2, widths=(4,), blocks=(1,))
+    try:
+        ErrorMinimizingTrainer(device="cpu", max_epochs=1, train_data_loader=loader, network=net,
+                               optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+                               noise=ErrorMinimizingNoise(1, [1, 8, 8], mode="samplewise", seed=0))
+        outcome = "built"
+    except TrustMonaiError as e:
+        outcome = str(e)
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(outcome)
+    dist.destroy()
+
+
+def test_error_minimizing_training_refuses_a_process_without_images(tmp_path):
+    """More processes than training images: every rank stops with the same clear error instead of the others
+    waiting forever for the empty rank's merge."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_empty_shard_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    for r in (0, 1):
+        msg = (tmp_path / f"rank{r}.txt").read_text()
+        assert "2 processes for 1 training images" in msg and "at most 1 processes" in msg, msg

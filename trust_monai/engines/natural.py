@@ -229,6 +229,30 @@ def change_metrics(clean: torch.Tensor, changed: torch.Tensor) -> dict[str, floa
 # --------------------------------------------------------------------------------------------------- EM training
 
 
+def _check_every_rank_has_data(loader, device) -> None:
+    """Under torchrun, refuse on every rank at once when some rank's shard is empty: its missing PGD pass would leave
+    the others waiting forever in the round's merge."""
+    from ..utils.dist import rank_world
+
+    world = rank_world()[1]
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    device = torch.device(device)
+    smallest = torch.tensor([len(loader)], dtype=torch.long, device=device)
+    dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+    if int(smallest) == 0:
+        from ..errors import TrustMonaiError
+
+        total = torch.tensor([len(loader.sampler)], dtype=torch.long, device=device)  # this rank's images
+        dist.all_reduce(total)
+        raise TrustMonaiError(
+            f"error-minimizing training under torchrun: {world} processes for {int(total)} training images leave a "
+            f"process without images; run with at most {max(1, int(total))} processes (--nproc_per_node)"
+        )
+
+
 class ErrorMinimizingTrainer(SupervisedTrainer):
     """Min-min training of error-minimizing noise (Huang et al., ICLR 2021) as a MONAI trainer.
 
@@ -271,6 +295,7 @@ class ErrorMinimizingTrainer(SupervisedTrainer):
         **kwargs: Any,
     ):
         kwargs.setdefault("decollate", False)
+        _check_every_rank_has_data(train_data_loader, device)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
