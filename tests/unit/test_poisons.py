@@ -9,7 +9,9 @@ LSP-poisoned digits must score clearly lower on clean test digits than one train
 from __future__ import annotations
 
 import math
+import tempfile
 import unittest
+import unittest.mock
 
 import torch
 from parameterized import parameterized
@@ -176,10 +178,17 @@ class TestSeparability(unittest.TestCase):
         y = torch.arange(100) % 10
         noise = chosen.noise(torch.arange(100), y)
         self.assertEqual(float((ar_residual(noise.double(), chosen.coefficients).argmin(1) == y).float().mean()), 1.0)
-        # the choice is part of the saved config, and a reload gives the same filters
+        # the choice is part of the saved config; a reload takes the saved filters (no new draw) and a fresh draw
+        # with the same settings gives the same filters
+        self.assertEqual(chosen.config()["candidates"], 120)
+        with tempfile.TemporaryDirectory() as d:
+            save_poison(chosen, f"{d}/ar.pt")
+            with unittest.mock.patch.object(AutoregressivePoison, "_draw_stable", side_effect=AssertionError("drawn")):
+                loaded = load_poison(f"{d}/ar.pt")
+        torch.testing.assert_close(loaded.coefficients, chosen.coefficients)
+        self.assertEqual(loaded.config(), chosen.config())
         again = make_poison("ar", 10, shape, seed=0, candidates=120)
         torch.testing.assert_close(again.coefficients, chosen.coefficients)
-        self.assertEqual(chosen.config()["candidates"], 120)
 
     def test_ar_fill_clipped_restores_budget_on_black_background(self):
         """On mostly black images clipping removes about half of the AR change; ``fill_clipped`` brings the clipped

@@ -105,8 +105,8 @@ def load_poison(path: str | os.PathLike, map_location="cpu"):
         module = ErrorMinimizingNoise(**cfg)
     elif name == "lsp":
         module = LinearSeparablePoison(**cfg)
-    elif name == "ar":
-        module = AutoregressivePoison(**cfg)
+    elif name == "ar":  # the saved filters, not a new draw (choosing among many candidates is slow)
+        module = AutoregressivePoison(**cfg, coefficients=state.get("coefficients"))
     else:
         raise InputFileError(path, f"unknown poison {name!r}")
     module.load_state_dict(state)

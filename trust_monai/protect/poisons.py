@@ -185,6 +185,8 @@ class AutoregressivePoison(nn.Module):
         fill_clipped: rescale each image's noise so that the change *after* clipping to [0, 1] has L2 norm ``eps``
             (where reachable). Clipping removes the part of the noise that leaves [0, 1]: on black backgrounds
             (Fashion-MNIST) that is half of it, and the effective budget falls well below ``eps``.
+        coefficients: ``(num_classes, C, n_offsets)`` filters drawn before (a saved poison's): nothing is drawn.
+            Drawing and choosing takes tens of seconds with many candidates, so a reload must not repeat it.
     """
 
     learnable = False
@@ -200,6 +202,7 @@ class AutoregressivePoison(nn.Module):
         samplewise: bool = True,
         candidates: int = 0,
         fill_clipped: bool = False,
+        coefficients: torch.Tensor | None = None,
     ):
         super().__init__()
         self.num_classes, self.image_shape = int(num_classes), tuple(int(s) for s in image_shape)
@@ -207,6 +210,13 @@ class AutoregressivePoison(nn.Module):
         self.window, self.seed, self.samplewise = int(window), int(seed), bool(samplewise)
         self.candidates, self.fill_clipped = int(candidates), bool(fill_clipped)
         n_off = len(_causal_offsets(self.window, len(self.image_shape) - 1))
+        if coefficients is not None:
+            coeffs = torch.as_tensor(coefficients, dtype=torch.float64)
+            if tuple(coeffs.shape) != (self.num_classes, self.image_shape[0], n_off):
+                raise ValueError(f"AR coefficients of shape {tuple(coeffs.shape)}, expected "
+                                 f"{(self.num_classes, self.image_shape[0], n_off)}")
+            self.register_buffer("coefficients", coeffs.clone())
+            return
         g = torch.Generator().manual_seed(self.seed)
         n_draw = max(self.num_classes, self.candidates)
         coeffs = torch.zeros(n_draw, self.image_shape[0], n_off, dtype=torch.float64)
