@@ -49,3 +49,21 @@ def test_rank_file_holds_only_its_cases_and_stale_record_does_not_win_merge(tmp_
     assert [(c["input"].rsplit("/", 1)[-1], c["status"]) for c in cases] == [("c0.nii.gz", "done"),
                                                                             ("c1.nii.gz", "done")]
     assert not list(out.glob("manifest.rank*.json"))
+
+
+
+def test_single_process_rerun_after_killed_sharded_run_keeps_its_newer_records(tmp_path, monkeypatch):
+    """A sharded run killed before its merge leaves a rank file holding an error for case c0. A one-process rerun
+    redoes c0; its new record must stand, not the rank file's stale error."""
+    data, out = _dataset(tmp_path / "data", 2), tmp_path / "out"
+    with pytest.raises(CasesFailed):
+        _run_as(monkeypatch, 0, 1, data, out, _FailOn({"c0.nii.gz"}))
+    doc = json.loads((out / "manifest.json").read_text())
+    doc["cases"] = [c for c in doc["cases"] if c["input"].endswith("c0.nii.gz")]
+    assert [c["status"] for c in doc["cases"]] == ["error"]
+    (out / "manifest.rank0.json").write_text(json.dumps(doc))  # what the killed rank 0 left
+    _run_as(monkeypatch, 0, 1, data, out, _FailOn())  # no CasesFailed: the redone c0 is recorded as done
+    cases = json.loads((out / "manifest.json").read_text())["cases"]
+    assert [(c["input"].rsplit("/", 1)[-1], c["status"]) for c in cases] == [("c0.nii.gz", "done"),
+                                                                            ("c1.nii.gz", "done")]
+    assert not list(out.glob("manifest.rank*.json"))

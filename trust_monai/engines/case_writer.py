@@ -211,7 +211,8 @@ class CaseWriter(Workflow):
         if self.world > 1 or any(self.output_dir.glob("manifest.rank*.json")):
             barrier()  # every rank's manifest is on disk
             if self.rank == 0:
-                Manifest.merge_shards(self.output_dir, [c["entry"][self.image_key] for c in self.all_cases])
+                Manifest.finish_shards(self.output_dir, [c["entry"][self.image_key] for c in self.all_cases],
+                                       self.world)
             barrier()
             cases = json.loads((self.output_dir / "manifest.json").read_text())["cases"]
         errors = [c for c in cases if c["status"] == "error"]

@@ -651,13 +651,9 @@ class CertifySegmentation(_SmoothingRun):
             for r in rows:
                 del r["pos"]
             changed = any(c for _, c in gathered)
-            parts = list(self.output_dir.glob("manifest.rank*.json"))
-            if world == 1 and parts:  # a rerun after a killed sharded run: this manifest holds what the ranks recorded
-                manifest.save()
-                for part in parts:
-                    part.unlink()
-            if world > 1 or parts:
-                Manifest.merge_shards(self.output_dir, [e["image"] for e in entries])  # one file, datalist order
+            if world == 1 and any(self.output_dir.glob("manifest.rank*.json")):
+                manifest.save()  # a rerun after a killed sharded run: this manifest holds what the ranks recorded
+            Manifest.finish_shards(self.output_dir, [e["image"] for e in entries], world)
             outputs = ("certify_cases.csv", "certified_segmentation.csv", "certified_segmentation.md",
                        "certified_segmentation.png")
             if changed or not all((self.output_dir / f).is_file() for f in outputs):

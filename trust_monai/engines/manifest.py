@@ -147,6 +147,23 @@ class Manifest:
             part.unlink()
         return main
 
+    @staticmethod
+    def finish_shards(output_dir, order: list[str] | None, world: int) -> bool:
+        """Rank 0, once every rank saved its records: make ``manifest.json`` the run's one record, in ``order``.
+
+        Sharded (``world > 1``): merge the rank files. One process after a killed sharded run: its manifest took in
+        the rank files' records when it opened, and its own newer records replaced them, so the rank files are
+        dropped, not merged over it (a stale record there would win). Returns whether anything was done.
+        """
+        parts = sorted(Path(output_dir).resolve().glob("manifest.rank*.json"))
+        if world == 1:
+            if not parts:
+                return False
+            for part in parts:
+                part.unlink()
+        Manifest.merge_shards(output_dir, order)
+        return True
+
     def restrict(self, inputs) -> None:
         """Keep only the records of ``inputs`` (a rank's shard). A rank's file then never carries a record of another
         rank's case, which :meth:`merge_shards` could let win over that rank's newer one."""

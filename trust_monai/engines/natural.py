@@ -623,12 +623,7 @@ class PoisonWriter(Evaluator):
         self.manifest.save()
         stats = [s for part in all_gather_objects(self._stats) for s in part]  # also: every rank's files are written
         if self.rank == 0:
-            shards = list(self.output_dir.glob("manifest.rank*.json"))
-            if self.world == 1 and shards:  # rerun after a killed sharded run: this manifest holds their records
-                for part in shards:
-                    part.unlink()
-            if self.world > 1 or shards:
-                Manifest.merge_shards(self.output_dir, self._inputs)  # one manifest, datalist order
+            Manifest.finish_shards(self.output_dir, self._inputs, self.world)
             if stats:
                 mean = {k: float(np.mean([s[k] for s in stats if s[k] is not None] or [float("nan")]))
                         for k in ("linf", "l2", "psnr")}
