@@ -128,24 +128,38 @@ class TestForgeryTransforms:
         assert np.array_equal(SelfBlendd("image", prob=0.0)(dict(d))["image"], img)
 
 
-def _tiny_forgery_set(root: Path, three_d: bool = False) -> Path:
-    """A hand-made real / fake set: NIfTI slices (or volumes with slice labels) and a dataset.json."""
+def _tiny_forgery_set(root: Path, three_d: bool = False, synthesis: bool = False) -> Path:
+    """A hand-made real / fake set: NIfTI slices (or volumes with slice labels) and a dataset.json; with
+    ``synthesis``, also copy-move fakes with a lesion mask and the sources / synthesis section ``resynthesize`` reads."""
     from trust_monai.data.sources._common import write_nifti
+    from trust_monai.detect.data import SCAN_SYNTHESIS
 
     entries = {"training": [], "test": []}
+    shape = (32, 32, 4) if three_d else (32, 32)  # depth 4: not to be taken for RGBA
+    lesion = np.zeros(shape, np.uint8)
+    lesion[8:13, 18:24] = 1
     for split, n in (("training", 6), ("test", 4)):
         for i in range(n):
-            img = _phantom((32, 32, 4) if three_d else (32, 32), seed=i)[0]  # depth 4: not to be taken for RGBA
-            fake = SelfBlend().set_random_state(i)(img[None])[0]
-            for label, a, kind in ((0, img, "real"), (1, fake, "self_blend")):
+            img = _phantom(shape, seed=i)[0]
+            fakes = [(1, SelfBlend().set_random_state(i)(img[None])[0], "self_blend")]
+            if synthesis:
+                write_nifti(root / f"{split}/lesion_{i}.nii.gz", lesion, np.eye(4))
+                fakes.append((1, CopyMoveForgery("remove").set_random_state(i)(img[None], lesion[None])[0],
+                              "copy_move_remove"))
+            for label, a, kind in [(0, img, "real")] + fakes:
                 rel = f"{split}/{kind}_{i}.nii.gz"
                 write_nifti(root / rel, a, np.eye(4))
                 group = f"v{i}" if three_d else f"v{i // 2}"  # slices: two per volume; volumes: their own group
-                e = {"image": rel, "label": label, "kind": kind, "volume": group + (":f" if label else "")}
+                e = {"image": rel, "label": label, "kind": kind, "volume": group + (f":{kind}" if label else "")}
                 if three_d:
-                    e["slice_labels"] = [label] * 4
+                    e["slice_labels"] = [0, label, label, 0]
+                if synthesis and label:
+                    e["source"] = f"{split}/real_{i}.nii.gz"
+                if synthesis and kind == "copy_move_remove":
+                    e["lesion"] = f"{split}/lesion_{i}.nii.gz"
                 entries[split].append(e)
-    (root / "dataset.json").write_text(json.dumps({"classes": ["real", "fake"], **entries}))
+    extra = {"synthesis": {k: SCAN_SYNTHESIS[k] for k in ("self_blend", "copy_move_remove")}} if synthesis else {}
+    (root / "dataset.json").write_text(json.dumps({"classes": ["real", "fake"], **extra, **entries}))
     return root
 
 
@@ -194,7 +208,46 @@ class TestDetectionEngine:
         with tempfile.TemporaryDirectory() as tmp:
             ds = ForgeryDataset(_tiny_forgery_set(Path(tmp), True), "training", unroll=True)
             assert len(ds) == 12 * 4 and ds[0]["image"].shape == (1, 32, 32)
-            assert sorted(set(ds.labels)) == [0, 1] and ds.class_weights().tolist() == [1.0, 1.0]
+            # tampered volumes mark slices 1 and 2 fake: 12 fake slices of 48
+            assert ds.labels.count(1) == 12 and [it["slice"] for it in ds.items if it["label"]] == [1, 2] * 6
+            assert ds.class_weights().tolist() == pytest.approx([48 / 72, 48 / 24])
+
+    @parameterized.expand([(False,), (True,)])
+    def test_resynthesize_draws_fresh_fakes_from_the_source(self, three_d):
+        import tempfile
+
+        from trust_monai.detect.data import ForgeryDataset
+        from trust_monai.errors import DatalistError
+
+        with tempfile.TemporaryDirectory() as tmp:
+            data = _tiny_forgery_set(Path(tmp), three_d, synthesis=True)
+            stored = ForgeryDataset(data, "training", unroll=three_d)
+            ds = ForgeryDataset(data, "training", unroll=three_d, resynthesize=True)
+            assert ds.labels == stored.labels
+            torch.manual_seed(0)
+            for i, item in enumerate(ds.items):
+                first = ds[i]["image"]
+                blend = ds.synthesis[item["kind"]].last_mask if item["label"] else None
+                second = ds[i]["image"]
+                assert first.shape == stored[i]["image"].shape
+                if item["label"] == 0:  # reals (and the untouched slices of a tampered volume) as stored
+                    assert torch.equal(first, stored.items[i]["image"]) and torch.equal(first, second)
+                    continue
+                source = ds._array(item["source"])
+                source = torch.from_numpy(source[..., item["slice"]] if three_d else source)[None]
+                changed = (first - source).abs() > 1e-6
+                # a forgery of this image's own source, only inside its blending mask ...
+                assert changed.any() and not changed[0][torch.from_numpy(blend) == 0].any()
+                assert not torch.equal(first, second) and not torch.equal(first, stored.items[i]["image"])  # ... new
+                if item["kind"] == "copy_move_remove":  # the lesion it names is what gets covered
+                    lesion = torch.zeros(32, 32, dtype=torch.bool)
+                    lesion[8:13, 18:24] = True
+                    assert changed[0][lesion].float().mean() > 0.5
+            with pytest.raises(DatalistError, match="synthesis"):
+                ForgeryDataset(_tiny_forgery_set(Path(tmp) / "plain"), "training", resynthesize=True)
+            if three_d:
+                with pytest.raises(DatalistError, match="unroll"):
+                    ForgeryDataset(data, "training", resynthesize=True)
 
     def test_mismatched_checkpoint_names_keys(self, tmp_path):
         from trust_monai.detect.engine import load_detector
@@ -236,6 +289,11 @@ def test_face_forgery_set(tmp_path):
     assert kinds.count("real") == 3 and kinds.count("self_blend") == 3 and kinds.count("face_swap") == 3
     ds = ForgeryDataset(root, "test", kinds=["face_swap"])
     assert len(ds) == 6 and ds[0]["image"].shape == (1, 25, 25) and 0 <= float(ds[0]["image"].min())
+    fresh = ForgeryDataset(root, "test", kinds=["face_swap"], resynthesize=True)
+    fake = next(i for i, it in enumerate(fresh.items) if it["label"] == 1)
+    torch.manual_seed(0)
+    a, b = fresh[fake]["image"], fresh[fake]["image"]
+    assert a.shape == (1, 25, 25) and not torch.equal(a, b) and not torch.equal(a, ds[fake]["image"])
 
 
 def test_cross_manipulation_rows():

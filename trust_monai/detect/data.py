@@ -18,7 +18,10 @@ Faces (:func:`prepare_face_forgery`): the 100 real LFW faces of ``prepare('lfw_f
 ``self_blend`` and ``face_swap`` fakes (donor face from the same split).
 
 Every datalist entry has ``image``, ``label`` (0 real, 1 fake), ``kind`` and ``volume`` (the group a volume score is
-aggregated over).
+aggregated over). A procedural fake also names the real image it was made from (``source``) and, where the slice has
+an expert lesion mask, the mask (``lesion``); ``dataset.json["synthesis"]`` records each procedural kind's transform, so
+:class:`ForgeryDataset` can make a fresh fake of that kind at every draw (``resynthesize``) instead of reusing the one
+fake stored per real image.
 """
 
 from __future__ import annotations
@@ -47,7 +50,29 @@ __all__ = [
 SCAN_KINDS = ("copy_move_inject", "copy_move_remove", "self_blend", "generated")
 FACE_KINDS = ("self_blend", "face_swap")
 _SOURCES = ("pyradiomics_lesions_2d", "mni152_tissue_2d")
-_VERSION = "1"
+_VERSION = "2"
+# the transforms behind the procedural kinds, with the arguments the data sets use (``dataset.json["synthesis"]``)
+SCAN_SYNTHESIS = {
+    "copy_move_inject": {"transform": "CopyMoveForgery", "args": {"mode": "inject"}},
+    "copy_move_remove": {"transform": "CopyMoveForgery", "args": {"mode": "remove"}},
+    "self_blend": {"transform": "SelfBlend", "args": {}},
+}
+FACE_SYNTHESIS = {
+    "self_blend": {"transform": "SelfBlend", "args": {"radius": [0.25, 0.4], "center": "middle"}},
+    "face_swap": {"transform": "FaceSwap", "args": {}},
+}
+
+
+def synthesis_transform(spec: dict):
+    """The forgery transform a ``dataset.json["synthesis"]`` entry names (only the project's forgery transforms)."""
+    from ..transforms import forgery
+
+    name = spec.get("transform")
+    if name not in ("CopyMoveForgery", "SelfBlend", "FaceSwap"):
+        raise DatalistError(f"synthesis: unknown forgery transform {name!r}; expected CopyMoveForgery, SelfBlend or "
+                            "FaceSwap")
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(spec.get("args", {})).items()}
+    return getattr(forgery, name)(**args)
 
 
 def _resize(a: np.ndarray, size: int, mode: str = "bilinear") -> np.ndarray:
@@ -91,7 +116,6 @@ def _real_slices(size: int, min_tissue: float, max_per_volume: int | None) -> di
 
 def _fakes(real: list[dict], kinds: Sequence[str], seed: int, vae_epochs: int, split: str) -> dict[str, list]:
     """One fake per real slice and kind (same order as ``real``)."""
-    from ..transforms.forgery import CopyMoveForgery, SelfBlend
     from .generative import train_vae
 
     fakes: dict[str, list] = {}
@@ -103,9 +127,7 @@ def _fakes(real: list[dict], kinds: Sequence[str], seed: int, vae_epochs: int, s
             gen = torch.Generator().manual_seed(seed + 7)
             fakes[kind] = [s[0].numpy() for s in vae.sample(len(real), gen)]
             continue
-        t = {"copy_move_inject": lambda: CopyMoveForgery("inject"), "copy_move_remove": lambda: CopyMoveForgery(
-            "remove"), "self_blend": lambda: SelfBlend()}[kind]()
-        t.set_random_state(state=rs)
+        t = synthesis_transform(SCAN_SYNTHESIS[kind]).set_random_state(state=rs)
         fakes[kind] = []
         for r in real:
             lesion = r["lesion"] if r["lesion"] is not None and r["lesion"].any() else None
@@ -170,16 +192,24 @@ def _build_scans(out: Path, p: dict) -> None:
         if p["spatial_dims"] == 2:
             for i, r in enumerate(real[split]):
                 stem = f"{r['volume']}_z{r['slice']:03d}"
-                rel = f"images{tag}/real/{stem}.nii.gz"
-                write_nifti(out / rel, r["image"], affine)
-                entries.append({"image": rel, "label": 0, "kind": "real", "volume": r["volume"], "slice": r["slice"]})
+                src = f"images{tag}/real/{stem}.nii.gz"
+                write_nifti(out / src, r["image"], affine)
+                extra = {}
+                if r["lesion"] is not None and r["lesion"].any():
+                    extra["lesion"] = f"labels{tag}/{stem}.nii.gz"
+                    write_nifti(out / extra["lesion"], r["lesion"].astype(np.uint8), affine)
+                entries.append({"image": src, "label": 0, "kind": "real", "volume": r["volume"], "slice": r["slice"],
+                                **extra})
                 for kind in p["kinds"]:
                     rel = f"images{tag}/{kind}/{stem}.nii.gz" if kind != "generated" else \
                         f"images{tag}/{kind}/{split}_{i:04d}.nii.gz"
                     write_nifti(out / rel, fakes[kind][i], affine)
-                    volume = f"{r['volume']}:{kind}" if kind != "generated" else f"generated:{split}:{i // 16:02d}"
-                    entries.append({"image": rel, "label": 1, "kind": kind, "volume": volume,
-                                    "slice": r["slice"] if kind != "generated" else i})
+                    if kind == "generated":
+                        entries.append({"image": rel, "label": 1, "kind": kind, "volume": f"generated:{split}:"
+                                        f"{i // 16:02d}", "slice": i})
+                    else:
+                        entries.append({"image": rel, "label": 1, "kind": kind, "volume": f"{r['volume']}:{kind}",
+                                        "slice": r["slice"], "source": src, **extra})
         else:
             rs = np.random.RandomState(p["seed"] + 11)
             by_volume: dict[str, list[int]] = {}
@@ -187,10 +217,16 @@ def _build_scans(out: Path, p: dict) -> None:
                 by_volume.setdefault(r["volume"], []).append(i)
             for volume, idx in by_volume.items():
                 stack = np.stack([real[split][i]["image"] for i in idx], -1)
-                rel = f"images{tag}/real/{volume}.nii.gz"
-                write_nifti(out / rel, stack, affine)
-                entries.append({"image": rel, "label": 0, "kind": "real", "volume": volume,
-                                "slice_labels": [0] * len(idx)})
+                src = f"images{tag}/real/{volume}.nii.gz"
+                write_nifti(out / src, stack, affine)
+                extra = {}
+                lesions = [real[split][i]["lesion"] for i in idx]
+                if any(m is not None and m.any() for m in lesions):
+                    extra["lesion"] = f"labels{tag}/{volume}.nii.gz"
+                    write_nifti(out / extra["lesion"], np.stack([np.zeros(stack.shape[:2], bool) if m is None else m
+                                                                 for m in lesions], -1).astype(np.uint8), affine)
+                entries.append({"image": src, "label": 0, "kind": "real", "volume": volume,
+                                "slice_labels": [0] * len(idx), **extra})
                 for kind in p["kinds"]:
                     n = len(idx)
                     length = max(1, int(round(n * rs.uniform(0.3, 0.5))))
@@ -202,7 +238,7 @@ def _build_scans(out: Path, p: dict) -> None:
                     write_nifti(out / rel, fake, affine)
                     labels = [int(start <= z < start + length) for z in range(n)]
                     entries.append({"image": rel, "label": 1, "kind": kind, "volume": f"{volume}:{kind}",
-                                    "slice_labels": labels})
+                                    "slice_labels": labels, **({"source": src, **extra} if kind != "generated" else {})})
         lists[split] = entries
     doc = {
         "name": "scan_forgery",
@@ -214,6 +250,7 @@ def _build_scans(out: Path, p: dict) -> None:
                       "trained on that split's real slices only.",
         "classes": ["real", "fake"],
         "kinds": list(p["kinds"]),
+        "synthesis": {k: SCAN_SYNTHESIS[k] for k in p["kinds"] if k in SCAN_SYNTHESIS},
         "parameters": p,
         "numTraining": len(lists["training"]),
         "numTest": len(lists["test"]),
@@ -257,7 +294,6 @@ def _build_faces(out: Path, p: dict) -> None:
 
     from ..data import prepare, read_image
     from ..data.datalist import load_datalist
-    from ..transforms.forgery import FaceSwap, SelfBlend
 
     root = prepare("lfw_faces")
     lists = {}
@@ -266,8 +302,8 @@ def _build_faces(out: Path, p: dict) -> None:
         faces = faces[: p["max_per_split"]] if p["max_per_split"] else faces
         arrays = [np.asarray(read_image(e["image"])[0], np.float32) / 255.0 for e in faces]
         rs = np.random.RandomState(p["seed"] + 100 * s)
-        blend = SelfBlend(radius=(0.25, 0.4), center="middle").set_random_state(state=rs)
-        swap = FaceSwap().set_random_state(state=rs)
+        blend = synthesis_transform(FACE_SYNTHESIS["self_blend"]).set_random_state(state=rs)
+        swap = synthesis_transform(FACE_SYNTHESIS["face_swap"]).set_random_state(state=rs)
         entries = []
 
         def save(rel, a):
@@ -288,7 +324,8 @@ def _build_faces(out: Path, p: dict) -> None:
                         fake = swap(a[None], donor[None])[0]
                     rel = f"{folder}/{kind}/{stem}_{j}.png"
                     save(rel, fake)
-                    entries.append({"image": rel, "label": 1, "kind": kind, "volume": f"{stem}:{kind}:{j}"})
+                    entries.append({"image": rel, "label": 1, "kind": kind, "volume": f"{stem}:{kind}:{j}",
+                                    "source": f"{folder}/real/{stem}.png"})
         lists[split] = entries
     atomic_write_json(out / "dataset.json", {
         "name": "face_forgery",
@@ -298,6 +335,7 @@ def _build_faces(out: Path, p: dict) -> None:
         "split_rule": "Inherited from lfw_faces (last 20 faces are test); face-swap donors come from the same split.",
         "classes": ["real", "fake"],
         "kinds": list(p["kinds"]),
+        "synthesis": {k: FACE_SYNTHESIS[k] for k in p["kinds"]},
         "parameters": p,
         "numTraining": len(lists["training"]),
         "numTest": len(lists["test"]),
@@ -326,32 +364,48 @@ class ForgeryDataset(torch.utils.data.Dataset):
         unroll: split volumes into slices (training on slices of a 3D set; per-slice labels from ``slice_labels``).
         max_samples: keep at most this many entries, evenly spaced (0: all).
         augment: random horizontal flips (training).
+        resynthesize: every draw of a procedural fake (a kind in ``dataset.json["synthesis"]``) is made afresh from
+            its ``source`` real image (and ``lesion`` mask) by that kind's transform, instead of reading the one
+            stored fake: the detector then sees a new blending mask, position and alteration each time, as
+            "Detecting Deepfakes with Self-Blended Images" trains, rather than memorising a few hundred fakes.
+            Needs 2D images or ``unroll``; other kinds (``generated``) are read as stored.
     """
 
     def __init__(self, dataset_dir, section: str = "training", kinds: Sequence[str] | None = None,
-                 unroll: bool = False, max_samples: int | None = 0, augment: bool = False):
+                 unroll: bool = False, max_samples: int | None = 0, augment: bool = False,
+                 resynthesize: bool = False):
         from ..data.datalist import check_readable, load_datalist
         from ..data.io import read_image
 
         self.dataset_dir = Path(dataset_dir).resolve()
         sections = [section] if isinstance(section, str) else list(section)
+        doc = json.loads((self.dataset_dir / "dataset.json").read_text()) if (
+            self.dataset_dir / "dataset.json").is_file() else {}
         if len(sections) > 1:
             # several sections: those the datalist has (a screening list may hold only "test")
-            doc = json.loads((self.dataset_dir / "dataset.json").read_text()) if (
-                self.dataset_dir / "dataset.json").is_file() else {}
             sections = [s for s in sections if isinstance(doc.get(s), list)] or sections[:1]
+        self.synthesis: dict = {}
+        keys: tuple[str, ...] = ("image",)
+        if resynthesize:
+            self.synthesis = {k: synthesis_transform(v) for k, v in dict(doc.get("synthesis") or {}).items()}
+            if not self.synthesis:
+                raise DatalistError(f"{self.dataset_dir / 'dataset.json'}: resynthesize needs a 'synthesis' section "
+                                    "(made by prepare_scan_forgery / prepare_face_forgery); this data set has none, "
+                                    "so train with resynthesize=false")
+            keys = ("image", "source", "lesion")
         entries = []
         for s in sections:
-            entries += load_datalist(self.dataset_dir, s, keys=("image",))
+            entries += load_datalist(self.dataset_dir, s, keys=keys)
         entries = select_kinds(entries, kinds)
         if max_samples and int(max_samples) > 0 and len(entries) > int(max_samples):
             idx = np.unique(np.linspace(0, len(entries) - 1, int(max_samples)).round().astype(int))
             entries = [entries[i] for i in idx]
         if not entries:
             raise DatalistError(f"{self.dataset_dir / 'dataset.json'}: no '{section}' entries of kinds {kinds}")
-        check_readable(entries, keys=("image",))  # every file, before any is decoded or any output is written
+        check_readable(entries, keys=keys)  # every file, before any is decoded or any output is written
         self.augment = augment
         self.items: list[dict] = []
+        self._arrays: dict[str, np.ndarray] = {}  # sources and lesion masks of resynthesised fakes, by path
         for e in entries:
             arr, _ = read_image(e["image"])
             img = self._to_unit(np.asarray(arr, np.float32), e["image"])
@@ -359,6 +413,13 @@ class ForgeryDataset(torch.utils.data.Dataset):
             base = {"label": label, "kind": str(e.get("kind", "real" if label == 0 else "unknown")),
                     "volume": str(e.get("volume", Path(e["image"]).name)), "path": e["image"],
                     "rel": Path(e["image"]).relative_to(self.dataset_dir).as_posix()}
+            if label == 0:
+                self._arrays[e["image"]] = img
+            if label == 1 and base["kind"] in self.synthesis and isinstance(e.get("source"), str):
+                if img.ndim == 3 and not unroll:
+                    raise DatalistError(f"{e['image']}: resynthesize makes 2D fakes; train on volumes with "
+                                        "unroll=true")
+                base["source"], base["lesion"] = e["source"], e.get("lesion")
             # a 3D array is a volume, except in a picture file, where the last axis holds the colour channels
             picture = Path(e["image"]).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
             if img.ndim == 3 and not picture and unroll:
@@ -366,7 +427,7 @@ class ForgeryDataset(torch.utils.data.Dataset):
                 for z in range(img.shape[-1]):
                     self.items.append({**base, "image": torch.from_numpy(img[None, ..., z].copy()),
                                        "label": int(labels[z]), "kind": base["kind"] if labels[z] else "real",
-                                       "slice": z})
+                                       "slice": z, **({} if labels[z] else {"source": None})})
             else:
                 if img.ndim == 3 and picture:  # an RGB(A) picture: channels first
                     img = img[..., :3].transpose(2, 0, 1)
@@ -416,9 +477,39 @@ class ForgeryDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def _array(self, path: str, lesion: bool = False) -> np.ndarray:
+        if path not in self._arrays:
+            from ..data.io import read_image
+
+            a = np.asarray(read_image(path)[0], np.float32)
+            self._arrays[path] = a > 0 if lesion else self._to_unit(a, path)
+        return self._arrays[path]
+
+    def _fresh_fake(self, item: dict) -> torch.Tensor:
+        """A new fake of ``item``'s kind from its source image; the random draw comes from torch's generator, which
+        the DataLoader seeds per worker and per epoch."""
+        from ..transforms.forgery import CopyMoveForgery, FaceSwap
+
+        z = item.get("slice")  # set on the slices of an unrolled volume
+        pick = (lambda a: a[..., z]) if z is not None else (lambda a: a)
+        x = pick(self._array(item["source"]))[None]
+        t = self.synthesis[item["kind"]]
+        t.set_random_state(int(torch.randint(2**31 - 1, ())))
+        if isinstance(t, FaceSwap):
+            # a donor from another real image of the same section
+            donors = [it for it in self.items if it["label"] == 0 and it["path"] != item["source"]]
+            out = t(x, donors[int(torch.randint(len(donors), ()))]["image"].numpy() if donors else x)
+        elif isinstance(t, CopyMoveForgery):
+            lesion = pick(self._array(item["lesion"], lesion=True))[None] if item.get("lesion") else None
+            out = t(x, lesion if lesion is not None and lesion.any() else None)
+        else:
+            out = t(x)
+        return torch.from_numpy(np.ascontiguousarray(out, np.float32))
+
     def __getitem__(self, i: int) -> dict:
         # tensors and the index only, so the default collate works; the rest is in ``self.items[index]``
-        img = self.items[i]["image"]
+        item = self.items[i]
+        img = self._fresh_fake(item) if item.get("source") else item["image"]
         if self.augment and torch.rand(()) < 0.5:
             img = img.flip(-1)
         return {"image": img, "label": self.items[i]["label"], "index": i}
