@@ -309,3 +309,19 @@ def test_cross_manipulation_rows():
     assert by["seen"]["seen_in_training"] == "yes" and by["b"]["seen_in_training"] == "no"
     assert by["all"]["seen_in_training"] == "mixed"
     assert by["seen"]["auc"] == by["a"]["auc"] == 1.0 and by["seen"]["n_fake"] == 10 and by["all"]["n_fake"] == 20
+
+
+@pytest.mark.parametrize("model", ["moe", "resnet18"])
+def test_detect_ablation_script_runs(model):
+    """scripts/detect_ablation.py, at the bundle's smoke data size: a per-kind AUC row after two steps."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "detect_ablation.py"
+    spec = importlib.util.spec_from_file_location("detect_ablation", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    row = mod.main(["--model", model, "--steps", "2", "--every", "2", "--batch", "8", "--size", "32",
+                    "--max-per-volume", "4", "--vae-epochs", "2", "--depth", "1"])
+    assert row["step"] == 2 and 0 <= row["train_acc"] <= 1
+    kinds = {"copy_move_inject", "copy_move_remove", "self_blend", "generated"}
+    assert {f"auc_{k}" for k in kinds | {"all"}} <= set(row) and all(0 <= row[f"auc_{k}"] <= 1 for k in kinds)
