@@ -67,7 +67,10 @@ def heatmap_png(rows: Sequence[dict], path, title: str = "where the detector loo
     n = max(1, len(rows))
     cols = min(4, n)
     lines = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(lines, 2 * cols, figsize=(2.0 * 2 * cols, 2.2 * lines), squeeze=False)
+    # constrained layout keeps each row clear of the two-line captions of the row below (tight_layout let them
+    # slide under the images above)
+    fig, axes = plt.subplots(lines, 2 * cols, figsize=(2.0 * 2 * cols, 2.4 * lines), squeeze=False,
+                             layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
     for i, r in enumerate(rows):
@@ -83,7 +86,6 @@ def heatmap_png(rows: Sequence[dict], path, title: str = "where the detector loo
         b.imshow(heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1, **view)
         b.set_title("saliency", fontsize=6)
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
