@@ -379,7 +379,7 @@ class ForgeryDataset(torch.utils.data.Dataset):
 
         self.dataset_dir = Path(dataset_dir).resolve()
         sections = [section] if isinstance(section, str) else list(section)
-        doc = json.loads((self.dataset_dir / "dataset.json").read_text()) if (
+        doc = json.loads((self.dataset_dir / "dataset.json").read_text()) if (len(sections) > 1 or resynthesize) and (
             self.dataset_dir / "dataset.json").is_file() else {}
         if len(sections) > 1:
             # several sections: those the datalist has (a screening list may hold only "test")
@@ -413,7 +413,7 @@ class ForgeryDataset(torch.utils.data.Dataset):
             base = {"label": label, "kind": str(e.get("kind", "real" if label == 0 else "unknown")),
                     "volume": str(e.get("volume", Path(e["image"]).name)), "path": e["image"],
                     "rel": Path(e["image"]).relative_to(self.dataset_dir).as_posix()}
-            if label == 0:
+            if label == 0 and self.synthesis:
                 self._arrays[e["image"]] = img
             if label == 1 and base["kind"] in self.synthesis and isinstance(e.get("source"), str):
                 if img.ndim == 3 and not unroll:
@@ -435,6 +435,9 @@ class ForgeryDataset(torch.utils.data.Dataset):
                 else:
                     self.items.append({**base, "image": torch.from_numpy(img[None].copy()),
                                        "slice_labels": e.get("slice_labels")})
+
+        # face-swap donors: the real images of these sections, found once rather than on every draw
+        self._reals = [it for it in self.items if it["label"] == 0] if self.synthesis else []
 
     @staticmethod
     def _to_unit(a: np.ndarray, path: str) -> np.ndarray:
@@ -497,7 +500,7 @@ class ForgeryDataset(torch.utils.data.Dataset):
         t.set_random_state(int(torch.randint(2**31 - 1, ())))
         if isinstance(t, FaceSwap):
             # a donor from another real image of the same section
-            donors = [it for it in self.items if it["label"] == 0 and it["path"] != item["source"]]
+            donors = [it for it in self._reals if it["path"] != item["source"]]
             out = t(x, donors[int(torch.randint(len(donors), ()))]["image"].numpy() if donors else x)
         elif isinstance(t, CopyMoveForgery):
             lesion = pick(self._array(item["lesion"], lesion=True))[None] if item.get("lesion") else None
