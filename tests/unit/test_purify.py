@@ -56,6 +56,28 @@ def test_label_map_paints_class_vectors():
     assert torch.allclose(e[..., :2], torch.zeros(1, 8, 4, 2)) and torch.allclose(e[..., 2:], torch.full((1, 8, 4, 2), 2.0))
 
 
+def test_perturbation_branch_inputs():
+    """What the perturbation branch may see: the class only, the encoder features, or only the rate-limited latent."""
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 1, 16, 16), torch.tensor([3, 3])  # two different images of one class
+
+    def perturbations(mode, silence_latent=False):
+        net = DVAE(2, 1, 4, channels=(4, 8), latent_channels=2, latent_size=8, samplewise_perturbation=mode)
+        if silence_latent:  # a latent that carries nothing about the image
+            with torch.no_grad():
+                net.to_mu.weight.zero_(), net.to_mu.bias.zero_()
+        with torch.no_grad():
+            return net.decompose(x, y, sample=False)[1]
+
+    assert torch.equal(*perturbations(False))  # class-wise: one pattern per class
+    assert not torch.allclose(*perturbations(True))  # sample-wise from the encoder features
+    assert not torch.allclose(*perturbations("latent"))  # sample-wise from the latent ...
+    assert torch.allclose(*perturbations("latent", silence_latent=True))  # ... and from nothing else
+    assert not torch.allclose(*perturbations(True, silence_latent=True))
+    with pytest.raises(ValueError, match="samplewise_perturbation"):
+        DVAE(2, 1, 4, channels=(4, 8), samplewise_perturbation="features")
+
+
 def test_plain_vae_has_no_perturbation():
     net = DVAE(2, 1, 10, channels=(4, 8), perturbation=False)
     rec, pert, _, _ = net.decompose(torch.rand(2, 1, 8, 8))

@@ -68,6 +68,8 @@ class DVAE(nn.Module):
         perturbation: build the perturbation branch (``False``: a plain rate-constrained VAE, the ablation).
         samplewise_perturbation: feed the encoder features to the perturbation branch (sample-wise perturbations);
             ``False`` gives it the class embedding only, so it can represent class-wise patterns and nothing else.
+            ``"latent"``: feed it the decoded rate-limited latent instead (what the authors' released code does), so
+            a sample-wise perturbation is drawn from the same information budget as the image branch.
 
     Shapes:
         ``forward(x)`` -> purified reconstruction from the latent mean, like ``x`` (the single-tensor inference form).
@@ -98,7 +100,11 @@ class DVAE(nn.Module):
         self.to_logvar = conv(channels[-1], latent_channels, 1)
         self.from_latent = conv(latent_channels, channels[-1], 1)
         self.decoder = _Decoder(spatial_dims, in_channels, channels, sigmoid=True)
-        self.has_perturbation, self.samplewise_perturbation = bool(perturbation), bool(samplewise_perturbation)
+        if samplewise_perturbation not in (True, False, "latent"):
+            raise ValueError(f"samplewise_perturbation must be true, false or 'latent', got {samplewise_perturbation!r}")
+        self.has_perturbation = bool(perturbation)
+        self.samplewise_perturbation = samplewise_perturbation if samplewise_perturbation == "latent" else bool(
+            samplewise_perturbation)
         self.latent_size = None if latent_size in (None, [], ()) else [int(s) for s in (
             latent_size if isinstance(latent_size, (list, tuple)) else [latent_size] * spatial_dims)]
         if self.has_perturbation:
@@ -145,18 +151,20 @@ class DVAE(nn.Module):
         xp, size = self._pad(x)
         f, mu, logvar = self.encode(xp)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
-        rec = self._crop(self.decoder(self.from_latent(z)), size)
+        h = self.from_latent(z)
+        rec = self._crop(self.decoder(h), size)
         pert = None
         if self.has_perturbation:
             if y is None:
                 raise ValueError("DVAE.decompose needs labels y for the perturbation branch")
-            if not self.samplewise_perturbation and y.ndim == 1:
+            if self.samplewise_perturbation is False and y.ndim == 1:
                 # a class-wise perturbation depends on the class only: decode each class once, then index
                 classes, inverse = torch.unique(y.long(), return_inverse=True)
                 pert = self.perturbation_decoder(self._embedding(classes, f.shape[2:]))[inverse]
             else:
                 e = self._embedding(y, f.shape[2:])
-                pert = self.perturbation_decoder(f + e if self.samplewise_perturbation else e)
+                source = {True: f, "latent": h}.get(self.samplewise_perturbation)
+                pert = self.perturbation_decoder(e if source is None else source + e)
             pert = self._crop(pert, size)
         return rec, pert, mu, logvar
 
