@@ -5,12 +5,16 @@ For every attack (a poisoned copy of the training split, made by ``bundles/ue_na
 every defence (``none``, ISS squeezes, plain low-rate VAE, D-VAE stage 1, two-stage D-VAE from ``bundles/dvae_natural``)
 the defended training set is written with the bundles' own configs, a fresh victim ResNet is trained on it, and its
 accuracy on the clean test split is recorded. Cells already in ``WORK/matrix.csv`` are skipped, so a rerun resumes.
+``--victim_seeds 0 1 2`` trains one victim per seed on each defended set (the defended data are written once), so
+the table can tell a difference between defences from a victim's run-to-run spread; a rerun with more seeds adds
+only the missing victims.
 
-Writes ``WORK/matrix.csv`` (one row per cell), ``WORK/matrix.md`` and ``WORK/matrix.png`` (heatmap).
+Writes ``WORK/matrix.csv`` (one row per cell and victim seed), ``WORK/matrix.md`` (mean, and the sample standard
+deviation over seeds where there are several) and ``WORK/matrix.png`` (heatmap of the means).
 
     python scripts/purify_matrix.py --work /tmp/purify_matrix [--grid configs/grids/purify_matrix.json] \
         [--attack_dir lsp=/path/to/lsp_poisoned ...] [--only_attacks lsp,ar] [--only_defences none,dvae] \
-        [--max_train 20000] [--victim_epochs 5]
+        [--max_train 20000] [--victim_epochs 5] [--victim_seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIELDS = ["attack", "defence", "clean_test_acc", "n_train", "victim_epochs", "train_dir", "seconds"]
+FIELDS = ["attack", "defence", "clean_test_acc", "n_train", "victim_epochs", "train_dir", "seconds", "victim_seed"]
 
 
 def _bundle(name: str, config: str, **overrides) -> None:
@@ -42,6 +46,21 @@ def _read(path: Path) -> list[dict]:
     return list(csv.DictReader(path.open())) if path.is_file() else []
 
 
+def _seed(row: dict, grid: dict) -> int:
+    """A row's victim seed (rows written before seeds were recorded used the grid's seed)."""
+    return int(row.get("victim_seed") or grid.get("seed", 0))
+
+
+def _cells(rows: list[dict]) -> dict[tuple[str, str], tuple[float, float, int]]:
+    """(attack, defence) -> (mean accuracy %, sample std % or nan for one seed, number of seeds)."""
+    import statistics
+
+    acc: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        acc.setdefault((r["attack"], r["defence"]), []).append(float(r["clean_test_acc"]) * 100)
+    return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else float("nan"), len(v)) for k, v in acc.items()}
+
+
 def _write(rows: list[dict], work: Path, grid: dict) -> None:
     """Table and heatmap of every cell measured so far (in the grid's order), not only this run's subset."""
     from trust_monai.utils.fileio import atomic_path, atomic_write_text
@@ -52,13 +71,22 @@ def _write(rows: list[dict], work: Path, grid: dict) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
     w.writeheader()
-    w.writerows(rows)
+    w.writerows([{**r, "victim_seed": _seed(r, grid)} for r in rows])
     atomic_write_text(work / "matrix.csv", buf.getvalue())
-    acc = {(r["attack"], r["defence"]): float(r["clean_test_acc"]) * 100 for r in rows}
+    cells = _cells(rows)
+    acc = {k: v[0] for k, v in cells.items()}
+
+    def fmt(cell):
+        mean, std, n = cell
+        return f"{mean:.2f}" if n == 1 else f"{mean:.2f} ± {std:.2f} (n={n})"
+
     md = ["| attack \\ defence | " + " | ".join(defences) + " |", "|---" * (len(defences) + 1) + "|"]
     for a in attacks:
-        md.append(f"| {a} | " + " | ".join(f"{acc[(a, d)]:.2f}" if (a, d) in acc else "-" for d in defences) + " |")
-    atomic_write_text(work / "matrix.md", "\n".join(md) + "\n\nVictim clean test accuracy (%).\n")
+        md.append(f"| {a} | " + " | ".join(fmt(cells[(a, d)]) if (a, d) in cells else "-" for d in defences) + " |")
+    several = any(n > 1 for _, _, n in cells.values())
+    note = "Victim clean test accuracy (%)" + (
+        ": mean ± sample standard deviation over victim seeds (n)." if several else ".")
+    atomic_write_text(work / "matrix.md", "\n".join(md) + "\n\n" + note + "\n")
 
     import matplotlib
 
@@ -97,6 +125,8 @@ def main(argv=None) -> int:
     p.add_argument("--only_defences", default="", help="comma-separated subset of the grid's defences")
     p.add_argument("--max_train", type=int, default=None, help="override the grid's max_train (victims and writers)")
     p.add_argument("--victim_epochs", type=int, default=None, help="override the grid's victim_epochs")
+    p.add_argument("--victim_seeds", type=int, nargs="+", default=None,
+                   help="one victim per seed on every defended set (default: the grid's seed)")
     args = p.parse_args(argv)
     import logging
 
@@ -123,7 +153,8 @@ def main(argv=None) -> int:
 
     clean = data.prepare(grid.get("clean_dataset", "fashion_mnist"))
     rows = _read(work / "matrix.csv")
-    done = {(r["attack"], r["defence"]) for r in rows}
+    seeds = args.victim_seeds if args.victim_seeds else [seed]
+    done = {(r["attack"], r["defence"], _seed(r, grid)) for r in rows}
     for attack in attacks:
         spec = grid["attacks"][attack]
         if attack == "none":
@@ -141,13 +172,15 @@ def main(argv=None) -> int:
                         output_dir=str(src), max_train=n_train, seed=seed)
         models = work / "purifiers" / attack
         for defence in defences:
-            if (attack, defence) in done:
+            todo = [s for s in seeds if (attack, defence, s) not in done]
+            if not todo:
                 continue
             t0 = time.time()
             if defence == "none":
                 train_dir = src
             else:
                 train_dir = work / "defended" / attack / defence
+                # for a cell whose data an earlier seed's victim used, both bundles find their work done and skip it
                 if defence in ("vae", "dvae_stage1", "dvae"):
                     _bundle("dvae_natural", "train", defence="dvae" if defence != "vae" else "vae",
                             dataset_dir=str(src), ckpt_dir=str(models),
@@ -155,17 +188,22 @@ def main(argv=None) -> int:
                             epochs=int(grid["purifier_epochs"]), seed=seed)
                 _bundle("dvae_natural", "inference", defence=defence, dataset_dir=str(src), ckpt_dir=str(models),
                         output_dir=str(train_dir), max_train=n_train, seed=seed)
-            ev = VictimEvaluation(
-                dataset_dir=clean, poisoned_dirs={f"{attack}/{defence}": train_dir}, output_dir=work / "victims" / attack / defence,
-                network_factory=lambda: SmallResNet(2, 1, 10, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1)),
-                epochs=epochs, max_train=n_train, max_test=int(grid.get("max_test", 0)) or None, train_clean=False,
-                device="cuda" if torch.cuda.is_available() else "cpu", seed=seed,
-            )
-            acc = ev.run()[f"{attack}/{defence}"]
-            rows.append({"attack": attack, "defence": defence, "clean_test_acc": f"{acc:.4f}", "n_train": n_train,
-                         "victim_epochs": epochs, "train_dir": str(train_dir), "seconds": f"{time.time() - t0:.0f}"})
-            _write(rows, work, grid)
-            print(f"[matrix] {attack} x {defence}: clean test accuracy {acc * 100:.2f}%", flush=True)
+            for victim_seed in todo:
+                out = work / "victims" / attack / (defence if victim_seed == seed else f"{defence}_seed{victim_seed}")
+                ev = VictimEvaluation(
+                    dataset_dir=clean, poisoned_dirs={f"{attack}/{defence}": train_dir}, output_dir=out,
+                    network_factory=lambda: SmallResNet(2, 1, 10, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1)),
+                    epochs=epochs, max_train=n_train, max_test=int(grid.get("max_test", 0)) or None, train_clean=False,
+                    device="cuda" if torch.cuda.is_available() else "cpu", seed=victim_seed,
+                )
+                acc = ev.run()[f"{attack}/{defence}"]
+                rows.append({"attack": attack, "defence": defence, "clean_test_acc": f"{acc:.4f}", "n_train": n_train,
+                             "victim_epochs": epochs, "train_dir": str(train_dir), "seconds": f"{time.time() - t0:.0f}",
+                             "victim_seed": victim_seed})
+                _write(rows, work, grid)
+                print(f"[matrix] {attack} x {defence} (victim seed {victim_seed}): clean test accuracy {acc * 100:.2f}%",
+                      flush=True)
+                t0 = time.time()
     _write(rows, work, grid)
     print((work / "matrix.md").read_text())
     return 0

@@ -268,3 +268,31 @@ def test_segmentation_items_names_cases_without_labels():
         items = segmentation_items(tmp, 2, progress=False)
         assert len(items) == 3 and len({tuple(i["image"].shape) for i in items}) == 1
         assert all(i["image"].shape[1] % 4 == 0 for i in items)
+
+
+def test_purify_matrix_table_over_victim_seeds(tmp_path):
+    """scripts/purify_matrix.py: several victim seeds per cell give mean ± sample std; rows from before seeds were
+    recorded count as the grid's seed."""
+    import csv
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "purify_matrix.py"
+    spec = importlib.util.spec_from_file_location("purify_matrix", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    grid = {"attacks": {"none": {}, "lsp": {}}, "defences": {"none": {}, "dvae": {}}, "seed": 7}
+    rows = [
+        {"attack": "lsp", "defence": "none", "clean_test_acc": "0.5245"},  # an old row: no victim_seed
+        {"attack": "lsp", "defence": "dvae", "clean_test_acc": "0.8000", "victim_seed": "7"},
+        {"attack": "lsp", "defence": "dvae", "clean_test_acc": "0.8200", "victim_seed": "8"},
+    ]
+    mod._write(rows, tmp_path, grid)
+    md = (tmp_path / "matrix.md").read_text()
+    assert "| lsp | 52.45 | 81.00 ± 1.41 (n=2) |" in md and "standard deviation over victim seeds" in md
+    assert not any(line.startswith("| none |") for line in md.splitlines())  # attacks with no measured cell: no row
+    written = list(csv.DictReader((tmp_path / "matrix.csv").open()))
+    assert [r["victim_seed"] for r in written] == ["7", "7", "8"]
+    assert {(r["attack"], r["defence"], mod._seed(r, grid)) for r in written} == {
+        ("lsp", "none", 7), ("lsp", "dvae", 7), ("lsp", "dvae", 8)}
+    assert (tmp_path / "matrix.png").stat().st_size > 0
