@@ -109,7 +109,7 @@ def _write(rows: list[dict], work: Path, grid: dict) -> None:
     ax.set_xlabel("defence")
     ax.set_ylabel("attack")
     fig.colorbar(im, ax=ax, label="victim clean test accuracy (%)")
-    ax.set_title("attack x defence")
+    ax.set_title("attack x defence" + (" (mean over victim seeds)" if several else ""))
     fig.tight_layout()
     with atomic_path(work / "matrix.png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
