@@ -19,6 +19,7 @@ from parameterized import parameterized
 from trust_monai.engines.natural import ErrorMinimizingTrainer, PoisonCheckpoint
 from trust_monai.networks import SmallResNet
 from trust_monai.protect import (
+    AR_PAPER_MAX_RMS,
     AutoregressivePoison,
     ErrorMinimizingNoise,
     LinearSeparablePoison,
@@ -190,9 +191,36 @@ class TestSeparability(unittest.TestCase):
         again = make_poison("ar", 10, shape, seed=0, candidates=120)
         torch.testing.assert_close(again.coefficients, chosen.coefficients)
 
+    def test_ar_stability_bound_spreads_the_pattern_over_the_image(self):
+        """With the paper's bound on the generated patterns no class's noise sits in one corner (without it, growing
+        processes put most of their energy in the bottom-right quadrant); an AR poison saved before these options
+        existed (config without ``crop`` / ``max_rms``) reloads with the noise it was written with."""
+        shape = (1, 28, 28)
+        y, idx = torch.arange(200) % 10, torch.arange(200)
+
+        def corner_shares(ar):
+            e = ar.noise(idx, y).pow(2)
+            return [float(e[y == k][..., 14:, 14:].sum() / e[y == k].sum()) for k in range(10)]
+
+        bounded = make_poison("ar", 10, shape, seed=0, candidates=50, crop=4, max_rms=AR_PAPER_MAX_RMS)
+        unbounded = AutoregressivePoison(10, shape, seed=0, candidates=50)
+        self.assertLess(max(corner_shares(bounded)), 0.5)
+        self.assertGreater(max(corner_shares(unbounded)), 0.8)
+        self.assertEqual(float((ar_residual(bounded.noise(idx, y).double(), bounded.coefficients).argmin(1) == y)
+                               .float().mean()), 1.0)
+        with tempfile.TemporaryDirectory() as d:
+            save_poison(unbounded, f"{d}/ar.pt")
+            blob = torch.load(f"{d}/ar.pt", weights_only=True)
+            for key in ("crop", "max_rms"):
+                del blob["config"][key]
+            torch.save(blob, f"{d}/ar_old.pt")
+            old = load_poison(f"{d}/ar_old.pt")
+        torch.testing.assert_close(old.noise(idx, y), unbounded.noise(idx, y))
+
     def test_ar_fill_clipped_restores_budget_on_black_background(self):
-        """On mostly black images clipping removes about half of the AR change; ``fill_clipped`` brings the clipped
-        change back to the L2 budget and never above it."""
+        """On mostly black images clipping removes a large part of the AR change (the negative part on black; how much
+        varies per image, as the patterns are smooth); ``fill_clipped`` brings the clipped change back to the L2 budget
+        and never above it."""
         shape = (1, 28, 28)
         x = torch.zeros((12, *shape))
         x[:, :, 8:20, 8:20] = 0.5  # a grey object on black, like Fashion-MNIST
@@ -202,7 +230,7 @@ class TestSeparability(unittest.TestCase):
         n_plain = (plain.apply(x, idx, y) - x).flatten(1).norm(dim=1)
         xf = filled.apply(x, idx, y)
         n_filled = (xf - x).flatten(1).norm(dim=1)
-        self.assertTrue(bool((n_plain < 0.9 * plain.eps).all()))
+        self.assertLess(float(n_plain.mean()), 0.8 * plain.eps)
         self.assertTrue(bool((n_filled <= filled.eps * (1 + 1e-5)).all()))
         self.assertTrue(bool((n_filled >= 0.99 * filled.eps).all()))
         self.assertTrue(bool(((xf >= 0) & (xf <= 1)).all()))

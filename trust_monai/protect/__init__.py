@@ -13,7 +13,15 @@ import os
 from collections.abc import Sequence
 
 from .error_minimizing import ErrorMinimizingNoise
-from .poisons import AutoregressivePoison, LinearSeparablePoison, ar_budget, ar_residual, lsp_budget, project_l2
+from .poisons import (
+    AR_PAPER_MAX_RMS,
+    AutoregressivePoison,
+    LinearSeparablePoison,
+    ar_budget,
+    ar_residual,
+    lsp_budget,
+    project_l2,
+)
 
 __all__ = [
     "POISONS",
@@ -27,6 +35,7 @@ __all__ = [
     "ar_budget",
     "ar_residual",
     "project_l2",
+    "AR_PAPER_MAX_RMS",
 ]
 
 POISONS = ("em_samplewise", "em_classwise", "lsp", "ar")
@@ -66,7 +75,8 @@ def make_poison(
     if poison == "ar":
         return AutoregressivePoison(num_classes, image_shape, eps=eps, window=kwargs.get("window", 3), seed=seed,
                                     candidates=kwargs.get("candidates", 0),
-                                    fill_clipped=kwargs.get("fill_clipped", False))
+                                    fill_clipped=kwargs.get("fill_clipped", False), crop=kwargs.get("crop", 0),
+                                    max_rms=kwargs.get("max_rms"))
     raise ValueError(f"unknown poison {poison!r}; choose one of {', '.join(POISONS)}")
 
 
