@@ -115,7 +115,7 @@ def load_poison(path: str | os.PathLike, map_location="cpu"):
         module = ErrorMinimizingNoise(**cfg)
     elif name == "lsp":
         module = LinearSeparablePoison(**cfg)
-    elif name == "ar":  # the saved filters, not a new draw (choosing among many candidates is slow)
+    elif name == "ar":  # the saved filters, not a new draw: the noise stays the one the file was written with
         module = AutoregressivePoison(**cfg, coefficients=state.get("coefficients"))
     else:
         raise InputFileError(path, f"unknown poison {name!r}")

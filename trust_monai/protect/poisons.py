@@ -200,7 +200,7 @@ class AutoregressivePoison(nn.Module):
         max_rms: largest RMS of a kept filter's patterns from a unit Gaussian start (the paper's search:
             ``AR_PAPER_MAX_RMS``); ``None``: any pattern that stays finite and below 1e3.
         coefficients: ``(num_classes, C, n_offsets)`` filters drawn before (a saved poison's): nothing is drawn.
-            Drawing and choosing takes tens of seconds with many candidates, so a reload must not repeat it.
+            A reload takes these, so a saved poison's noise never depends on the drawing code.
     """
 
     learnable = False
