@@ -12,6 +12,7 @@ Markdown table. The numbers in bundles/moe_ffd/docs/README.md came from:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def main(argv=None) -> list[dict]:
         raise InputFileError(report, f"{len(missing)} scored images are not in {root / 'dataset.json'} "
                                      f"[{args.section}] (first: {missing[0]}); pass the --dataset_dir it scored")
 
+    @functools.lru_cache(maxsize=None)  # a real source is the source of one fake per kind: read it once
     def load(rel):
         return ForgeryDataset._to_unit(np.asarray(read_image(str(root / rel))[0], np.float32), str(root / rel))
 
