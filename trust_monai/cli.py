@@ -29,11 +29,15 @@ class Data:
             print(f"{name:24s} {info.kind:15s} {'ready' if ready else '-':6s} {info.description}")
         print(f"cache: {root} (set TRUST_MONAI_DATA to move it)")
 
-    def prepare(self, name: str, root: str | None = None, force: bool = False):
-        """Prepare sample dataset NAME (offline) and print its folder, usable as a bundle's --dataset_dir."""
+    def prepare(self, name: str, root: str | None = None, force: bool = False, source: str | None = None):
+        """Prepare sample dataset NAME (offline) and print its folder, usable as a bundle's --dataset_dir.
+
+        --root: parent folder of the result (default the cache). --source PATH: your own copy of the raw data, for
+        datasets that cannot ship with a package (drive: the DRIVE folder holding training/ and test/).
+        """
         from .data.sources import prepare
 
-        path = prepare(name, root=root, force=force)
+        path = prepare(name, root=root, force=force, source=None if source is None else str(source))
         print(path)
 
 

@@ -77,6 +77,7 @@ def entries(doc: dict) -> list[dict]:
 
 def test_registry_records_and_unknown_name():
     assert set(DATASETS) == {
+        "drive",
         "fashion_mnist",
         "pyradiomics_lesions",
         "pyradiomics_lesions_2d",

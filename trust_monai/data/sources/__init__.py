@@ -13,7 +13,7 @@ from pathlib import Path
 
 from trust_monai.errors import TrustMonaiError
 
-from ..cache import build_dataset_dir, cache_dir, is_complete
+from ..cache import COMPLETE_MARKER, build_dataset_dir, cache_dir, is_complete
 from ._common import Builder, DatasetInfo
 from ._fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist_arrays
 
@@ -100,6 +100,20 @@ _REGISTRY: dict[str, tuple[DatasetInfo, str]] = {
         ),
         (
             DatasetInfo(
+                "drive",
+                "DRIVE retinal vessels: 40 real RGB fundus photographs with manual vessel and field-of-view masks, "
+                "PNG, standard split (20 training, 20 test); built from the user's own copy.",
+                "segmentation",
+                2,
+                "the user's copy of DRIVE (https://drive.grand-challenge.org): source= / --source / $TRUST_MONAI_DRIVE",
+                "trust-monai data prepare drive --source /path/to/DRIVE (download DRIVE for research use first)",
+                "DRIVE: research use only; cite Staal et al., Ridge-based vessel segmentation in color images of the "
+                "retina, IEEE TMI 2004",
+            ),
+            "_drive",
+        ),
+        (
+            DatasetInfo(
                 "lfw_faces",
                 "200 grayscale 25x25 patches: 100 LFW faces and 100 non-face backgrounds, PNG, 80/20 split per class.",
                 "faces",
@@ -175,7 +189,9 @@ def _builder(name: str) -> Builder:
     return module.BUILDERS[name]
 
 
-def prepare(name: str, root: str | os.PathLike | None = None, force: bool = False) -> Path:
+def prepare(
+    name: str, root: str | os.PathLike | None = None, force: bool = False, source: str | os.PathLike | None = None
+) -> Path:
     """Build a sample dataset (once) and return its folder.
 
     Idempotent: a folder whose ``.complete`` marker matches the builder's version is returned at once. Otherwise the
@@ -184,21 +200,42 @@ def prepare(name: str, root: str | os.PathLike | None = None, force: bool = Fals
 
     Args:
         name: dataset name, one of ``DATASETS``.
-        root: parent folder; default ``cache_dir()``.
+        root: parent folder of the prepared dataset; default ``cache_dir()``.
         force: rebuild even when a complete copy exists.
+        source: the user's own copy of the raw data, for datasets that cannot ship with a package (``drive``);
+            default its environment variable (``$TRUST_MONAI_DRIVE``). Without either, an existing build is reused.
 
     Returns:
         ``Path(root) / name``, holding ``dataset.json``.
 
     Raises:
-        TrustMonaiError: unknown name.
-        DataSourceUnavailable: the source is missing; the message names it and the command that installs it.
+        TrustMonaiError: unknown name, or ``source`` given for a dataset that is built from a package.
+        DataSourceUnavailable: the source is missing; the message names it and how to obtain it.
     """
     info = dataset_info(name)
     target = Path(root if root is not None else cache_dir()).expanduser() / name
     builder = _builder(name)
-    version = builder.version()
-    if not force and is_complete(target, version):
-        return target
-    source = builder.locate()
-    return build_dataset_dir(target, version, lambda out: builder.build(out, source, info), force=force)
+    if not builder.source_env:
+        if source is not None:
+            raise TrustMonaiError(f"{name} is built from files that ship with a Python package; it takes no source")
+        version = builder.version()
+        if not force and is_complete(target, version):
+            return target
+        located = builder.locate()
+    else:
+        if source is None:
+            source = os.environ.get(builder.source_env, "").strip() or None
+        version = builder.version(source)
+        if not force and is_complete(target, version):
+            return target
+        if source is None and not force and _marker(target).startswith(version):
+            return target  # no copy named: a build from any copy will do
+        located = builder.locate(source)
+    return build_dataset_dir(target, version, lambda out: builder.build(out, located, info), force=force)
+
+
+def _marker(folder: Path) -> str:
+    try:
+        return (folder / COMPLETE_MARKER).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""

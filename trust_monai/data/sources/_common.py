@@ -55,11 +55,16 @@ class Builder:
             recognised without any work. It changes whenever the output would change.
         locate: finds (or fetches) the source and returns a handle for ``build``; raises DataSourceUnavailable.
         build: ``build(out, source, info)`` writes every file and ``dataset.json`` into the empty folder ``out``.
+        source_env: for a dataset built from the user's own copy of its data (which cannot ship with a package), the
+            environment variable naming that copy; "" otherwise. Such a builder's ``version`` and ``locate`` take
+            the copy's path (``prepare(source=...)``, else the variable, else None). With None, ``version`` returns
+            the prefix shared by all its markers, so an existing build from any copy is reused.
     """
 
-    version: Callable[[], str]
-    locate: Callable[[], Any]
+    version: Callable[..., str]
+    locate: Callable[..., Any]
     build: Callable[[Path, Any, DatasetInfo], None]
+    source_env: str = ""
 
 
 def dist_version(distribution: str) -> str:
