@@ -83,6 +83,8 @@ def test_registry_records_and_unknown_name():
         "pyradiomics_lesions_2d",
         "mni152_tissue",
         "mni152_tissue_2d",
+        "mni152_lesions",
+        "mni152_lesions_2d",
         "lfw_faces",
         "pydicom_samples",
         "synthetic_2d",

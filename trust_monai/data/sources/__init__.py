@@ -100,6 +100,32 @@ _REGISTRY: dict[str, tuple[DatasetInfo, str]] = {
         ),
         (
             DatasetInfo(
+                "mni152_lesions",
+                "SYNTHETIC lesions (1-4 random blobs, exact masks) painted into the real MNI152 T1 template: "
+                "16 training and 8 test axial slabs, NIfTI.",
+                "segmentation",
+                3,
+                _MNI_SOURCE,
+                "pip install nilearn",
+                _MNI_LICENCE,
+            ),
+            "_mni152_lesions",
+        ),
+        (
+            DatasetInfo(
+                "mni152_lesions_2d",
+                "Axial slices of the mni152_lesions volumes (SYNTHETIC lesions): every lesion slice plus one "
+                "lesion-free brain slice in four, 2D NIfTI.",
+                "segmentation",
+                2,
+                _MNI_SOURCE,
+                "pip install nilearn",
+                _MNI_LICENCE,
+            ),
+            "_mni152_lesions",
+        ),
+        (
+            DatasetInfo(
                 "drive",
                 "DRIVE retinal vessels: 40 real RGB fundus photographs with manual vessel and field-of-view masks, "
                 "PNG, standard split (20 training, 20 test); built from the user's own copy.",

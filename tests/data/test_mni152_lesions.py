@@ -1,0 +1,159 @@
+"""Synthetic lesions in the MNI152 template: counts, labels inside the brain, changes only at lesions, slabs, seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trust_monai.data.cache import COMPLETE_MARKER
+from trust_monai.data.sources import _mni152_lesions as lesions_mod
+from trust_monai.data.sources import prepare
+from trust_monai.errors import TrustMonaiError
+
+pytest.importorskip("nilearn")
+
+
+@pytest.fixture(autouse=True)
+def _default_settings(monkeypatch):
+    monkeypatch.delenv(lesions_mod.CONTRAST_ENV, raising=False)
+    monkeypatch.delenv("TRUST_MONAI_MNI152_RESOLUTION", raising=False)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Both datasets at the default settings, built once for this module."""
+    root = tmp_path_factory.mktemp("lesions")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(lesions_mod.CONTRAST_ENV, raising=False)
+        mp.delenv("TRUST_MONAI_MNI152_RESOLUTION", raising=False)
+        return {name: prepare(name, root=root) for name in ("mni152_lesions", "mni152_lesions_2d")}
+
+
+def load(folder: Path) -> dict:
+    return json.loads((folder / "dataset.json").read_text())
+
+
+def array(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+def affine(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    return nib.load(str(path)).affine
+
+
+def test_volumes(built):
+    from scipy import ndimage
+
+    folder = built["mni152_lesions"]
+    doc = load(folder)
+    tpl = lesions_mod.template(2)
+    sigma = lesions_mod.NOISE_FRACTION * tpl["brain_range"]
+    step = lesions_mod.DEFAULT_CONTRAST * tpl["brain_range"]
+    assert (doc["numTraining"], doc["numTest"]) == (16, 8)
+    assert doc["synthetic_lesions"] is True and "SYNTHETIC" in doc["lesion_rule"] and "SYNTHETIC" in doc["description"]
+    assert doc["contrast"] == lesions_mod.DEFAULT_CONTRAST == 0.1 and doc["labels"] == {"0": "background", "1": "lesion"}
+    split = doc["split"]
+    assert split == {k: list(v) for k, v in tpl["split"].items()}
+    assert split["training"][1] <= split["gap"][0] and split["gap"][1] <= split["test"][0]
+    assert split["gap"][1] - split["gap"][0] >= 5  # slabs disjoint, with a gap
+    signs = set()
+    for key, tr in (("training", "Tr"), ("test", "Ts")):
+        for i, entry in enumerate(doc[key]):
+            assert set(entry) == {"image", "label", "case", "z_range", "modality", "lesions", "lesion_voxels"}
+            assert entry["z_range"] == split[key] and entry["image"] == f"images{tr}/{entry['case']}.nii.gz"
+            a, b = entry["z_range"]
+            image, label = array(folder / entry["image"]), array(folder / entry["label"])
+            assert image.dtype == np.float32 and label.dtype == np.uint8 and image.shape == label.shape
+            assert image.shape == tpl["t1"][..., a:b].shape
+            np.testing.assert_allclose(affine(folder / entry["image"]), affine(folder / entry["label"]))
+            np.testing.assert_allclose(affine(folder / entry["image"])[:3, 3], (tpl["affine"] @ [0, 0, a, 1])[:3])
+            assert set(np.unique(label).tolist()) == {0, 1} and int(label.sum()) == entry["lesion_voxels"]
+            mask = tpl["mask"][..., a:b]
+            assert not (label.astype(bool) & ~mask).any(), "lesions lie inside the brain"
+            table = doc["lesion_table"][entry["case"]]
+            assert 1 <= entry["lesions"] == len(table) <= 4
+            assert ndimage.label(label)[1] == entry["lesions"]  # separate blobs
+            assert sum(lesion["voxels"] for lesion in table) == entry["lesion_voxels"]
+            signs |= {lesion["sign"] for lesion in table}
+            diff = image - tpl["t1"][..., a:b]
+            near = ndimage.binary_dilation(label.astype(bool), iterations=2)
+            # away from the lesions only the noise: sigma 1% of the range, never near the lesion step
+            assert abs(diff[~near].std() / sigma - 1) < 0.05 and np.abs(diff[~near]).max() < 6 * sigma
+            core = ndimage.binary_erosion(label.astype(bool))
+            assert abs(np.abs(diff[core]).mean() / step - 1) < 0.1
+    assert signs == {-1, 1}  # hyper- and hypo-intense lesions both occur
+
+
+def test_slices_are_the_volumes(built):
+    vol_folder, folder = built["mni152_lesions"], built["mni152_lesions_2d"]
+    volumes, doc = load(vol_folder), load(folder)
+    tpl = lesions_mod.template(2)
+    assert doc["contrast"] == volumes["contrast"] and doc["lesion_table"] == volumes["lesion_table"]
+    for key in ("training", "test"):
+        by_case: dict[str, list] = {}
+        for entry in doc[key]:
+            assert set(entry) == {"image", "label", "case", "slice", "modality", "lesion_voxels"}
+            assert entry["modality"] == "MR T1"
+            by_case.setdefault(entry["case"], []).append(entry)
+        assert [e["case"] for e in volumes[key]] == sorted(by_case)
+        for vol in volumes[key]:
+            a, b = vol["z_range"]
+            image, label = array(vol_folder / vol["image"]), array(vol_folder / vol["label"])
+            kept = {e["slice"]: e for e in by_case[vol["case"]]}
+            lesion_z = [z for z in range(a, b) if label[..., z - a].any()]
+            free_z = [z for z in range(a, b) if not label[..., z - a].any() and tpl["mask"][..., z].any()]
+            assert sorted(kept) == sorted(lesion_z + free_z[::4])
+            for z, entry in kept.items():
+                sl, lab = array(folder / entry["image"]), array(folder / entry["label"])
+                assert sl.ndim == 2 and lab.dtype == np.uint8
+                np.testing.assert_array_equal(sl, image[..., z - a])
+                np.testing.assert_array_equal(lab, label[..., z - a])
+                assert int(lab.sum()) == entry["lesion_voxels"]
+                np.testing.assert_allclose(affine(folder / entry["image"])[:3, 3], (tpl["affine"] @ [0, 0, z, 1])[:3])
+    train_z = {e["slice"] for e in doc["training"]}
+    test_z = {e["slice"] for e in doc["test"]}
+    assert max(train_z) < min(test_z) - 5
+
+
+def test_build_is_reproducible(built, tmp_path):
+    again = prepare("mni152_lesions", root=tmp_path)
+    first = built["mni152_lesions"]
+    doc = load(again)
+    assert doc == load(first)
+    for entry in doc["training"] + doc["test"]:
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(array(again / entry[key]), array(first / entry[key]))
+    images = [array(first / e["image"]) for e in doc["training"][:2]]
+    assert not np.array_equal(images[0], images[1]), "cases differ"
+
+
+def test_contrast_setting(monkeypatch, built):
+    tpl = lesions_mod.template(2)
+    a, b = tpl["split"]["test"]
+    args = (tpl["t1"][..., a:b], tpl["mask"][..., a:b], tpl["brain_range"], 20)
+    base, label, table = lesions_mod.lesion_case(*args, 0.1, 2)
+    strong, label3, table3 = lesions_mod.lesion_case(*args, 0.3, 2)
+    assert table == table3 and np.array_equal(label, label3)  # same draws, only the step changes
+    from scipy import ndimage
+
+    # same noise: the difference is the extra step alone, full inside the blob, ramped at its 1-voxel edge
+    extra = np.abs(strong - base)[label > 0] / ((0.3 - 0.1) * tpl["brain_range"])
+    assert extra.min() >= 0.5 - 1e-4 and extra.max() <= 1 + 1e-4 and np.median(extra) > 0.99
+    changed = strong != base
+    assert not (changed & ~ndimage.binary_dilation(label > 0, structure=np.ones((3, 3, 3)))).any()
+
+    marker = (built["mni152_lesions"] / COMPLETE_MARKER).read_text().strip()
+    assert "-contrast0.1-" in marker
+    monkeypatch.setenv(lesions_mod.CONTRAST_ENV, "0.3")
+    assert lesions_mod.lesion_contrast() == 0.3 and "-contrast0.3-" in lesions_mod.BUILDERS["mni152_lesions"].version()
+    for bad in ("0", "-0.1", "1.5", "nan", "strong"):
+        monkeypatch.setenv(lesions_mod.CONTRAST_ENV, bad)
+        with pytest.raises(TrustMonaiError, match="TRUST_MONAI_LESION_CONTRAST"):
+            prepare("mni152_lesions", root="/nonexistent-root")
