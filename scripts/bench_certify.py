@@ -43,8 +43,8 @@ def main() -> None:
         load_state_dict(models, args.checkpoint)
     models.eval()
     try:
-        from trust_monai.engines.natural import ImageClassificationDataset
         from trust_monai.data import prepare
+        from trust_monai.data.classification import ImageClassificationDataset
 
         ds = ImageClassificationDataset(prepare("fashion_mnist"), "test", args.images, 1, progress=False)
         images = [ds[i]["image"] for i in range(len(ds))]

@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     import torch
 
     import trust_monai.data as data
-    from trust_monai.engines.natural import VictimEvaluation
+    from trust_monai.engines.victim import VictimEvaluation
     from trust_monai.networks import SmallResNet
 
     clean = data.prepare(grid.get("clean_dataset", "fashion_mnist"))

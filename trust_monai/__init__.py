@@ -10,8 +10,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "bundle", "certify", "cli", "data", "detect", "engines", "errors", "losses", "metrics", "networks", "protect",
-    "purify", "transforms", "utils",
+    "bundle", "certify", "cli", "data", "detect", "engines", "errors", "metrics", "networks", "protect", "purify",
+    "transforms", "utils",
 }
 
 __all__ = ["__version__", *sorted(_SUBMODULES)]

@@ -403,10 +403,10 @@ def test_gradient_and_noise_table_sync(tmp_path):
 
 def _empty_shard_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    from trust_monai.engines.natural import ErrorMinimizingTrainer
     from trust_monai.errors import TrustMonaiError
     from trust_monai.networks import SmallResNet
     from trust_monai.protect import ErrorMinimizingNoise
+    from trust_monai.protect.error_minimizing_trainer import ErrorMinimizingTrainer
     from trust_monai.utils import dist
 
     dist.init_from_env("cpu")

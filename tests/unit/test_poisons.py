@@ -16,7 +16,6 @@ import unittest.mock
 import torch
 from parameterized import parameterized
 
-from trust_monai.engines.natural import ErrorMinimizingTrainer, PoisonCheckpoint
 from trust_monai.networks import SmallResNet
 from trust_monai.protect import (
     AR_PAPER_MAX_RMS,
@@ -30,6 +29,7 @@ from trust_monai.protect import (
     make_poison,
     save_poison,
 )
+from trust_monai.protect.error_minimizing_trainer import ErrorMinimizingTrainer, PoisonCheckpoint
 
 SHAPES = [((1, 28, 28),), ((3, 32, 32),), ((1, 8, 8),), ((1, 6, 6, 6),)]  # grey, RGB, digits, a 3D volume
 EM_MODES = [("samplewise",), ("classwise",)]

@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 
 from trust_monai.data import load_datalist, prepare, read_image
 from trust_monai.engines.case_writer import CaseWriter
-from trust_monai.engines.natural import ErrorMinimizingTrainer
 from trust_monai.networks.umed_generator import UMedGenerator
 from trust_monai.protect import save_poison
+from trust_monai.protect.error_minimizing_trainer import ErrorMinimizingTrainer
 from trust_monai.protect.umed import SampleWiseProtector, samplewise_noise_data
 from trust_monai.transforms.roi import contour_band
 

@@ -257,7 +257,7 @@ class CertifyClassification(_SmoothingRun):
         section: datalist section to certify.
         in_channels: 1 or 3 (decoding of the PNGs).
         dataset: certify this map-style dataset instead of the PNG datalist (items as
-            :class:`~trust_monai.engines.natural.ImageClassificationDataset`'s, e.g. a
+            :class:`~trust_monai.data.classification.ImageClassificationDataset`'s, e.g. a
             :class:`~trust_monai.data.slices.SliceClassificationDataset`); ``section`` is then unused.
         flush_seconds: how often finished rows are saved for a resume (``certify.rank<r>.partial.csv``).
     """
@@ -287,7 +287,7 @@ class CertifyClassification(_SmoothingRun):
                 "checkpoint_sha256": self._ckpt_hash}
 
     def _dataset(self):
-        from .natural import ImageClassificationDataset, read_datalist
+        from ..data.classification import ImageClassificationDataset, read_datalist
 
         if self.dataset is not None:
             return self.dataset

@@ -5,8 +5,9 @@ surrogate network and the noise are optimised *together* to make the training lo
 easy shortcut to the label and a network trained on ``x + delta`` learns almost nothing about ``x``. The outer loop
 alternates ``train_steps`` SGD steps of the surrogate with one pass of ``steps`` PGD steps (step ``step_size``,
 gradient *descent* on the loss) over the noise, and stops once the surrogate classifies the perturbed training set
-with accuracy >= 99%. The loop itself is the engine :class:`trust_monai.engines.natural.ErrorMinimizingTrainer`; this
-module holds the noise and the inner minimisation.
+with accuracy >= 99%. The loop itself is the engine
+:class:`~trust_monai.protect.error_minimizing_trainer.ErrorMinimizingTrainer`; this module holds the noise and the
+inner minimisation.
 
 Sample-wise noise keeps one ``delta`` per training sample (keyed by its index in the datalist), class-wise noise one
 per class (keyed by the label). Both run through the same code: the rows of the noise table touched by a batch are

@@ -1,1 +1,0 @@
-"""trust_monai.losses"""
