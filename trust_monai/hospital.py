@@ -279,10 +279,23 @@ def _check_masks(dataset_dir: Path, sections: list[str], verb: str, shown_root: 
             "or give a dataset.json with 'label' entries")
 
 
+def _bundle_command(bundle: str, config: str, args: dict) -> list[str]:
+    from .bundle import bundle_root
+
+    cfg = Path(bundle_root(bundle)) / "configs" / f"{config}.json"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(cfg)]
+    for k, val in args.items():
+        cmd += [f"--{k}", val if isinstance(val, str) else json.dumps(val)]
+    return cmd
+
+
 def run_verb(verb: str, input: str, output: str, ckpt_dir: str | None = None, spatial_dims: int | None = None,
              overwrite: bool = False, deidentify: bool = False, report: bool = True, **overrides) -> int:
-    """Run ``verb`` on ``input`` into ``output`` and write ``output/report.html``; returns the bundle's exit code."""
-    from .bundle import bundle_root
+    """Run ``verb`` on ``input`` into ``output`` and write ``output/report.html``; returns the bundle's exit code.
+
+    ``protect`` is one command: without a generator in ``ckpt_dir`` (default ``output/.trust_monai/models``) it first
+    runs the bundle's ``train.json`` on the same cases, then ``inference.json``; a rerun reuses the learned generator.
+    """
 
     if verb not in VERBS:
         raise TrustMonaiError(f"unknown verb {verb!r}; use one of {sorted(VERBS)}")
@@ -305,6 +318,8 @@ def run_verb(verb: str, input: str, output: str, ckpt_dir: str | None = None, sp
             args["num_classes"] = num_classes(prepare(v.default_dataset))
     if ckpt_dir:
         args["ckpt_dir"] = str(Path(ckpt_dir).expanduser().resolve())
+    elif verb == "protect":  # the generators are learned on the user's own data and kept for reruns
+        args["ckpt_dir"] = str(out / ".trust_monai" / "models")
     if overwrite and v.changes_images:
         args["overwrite"] = True
     if deidentify:
@@ -312,11 +327,19 @@ def run_verb(verb: str, input: str, output: str, ckpt_dir: str | None = None, sp
             raise TrustMonaiError(f"--deidentify applies to the verbs that write scans (protect, purify), not {verb}")
         args["deidentify"] = True
     args.update(overrides)
-    cfg = Path(bundle_root(v.bundle)) / "configs" / "inference.json"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(cfg)]
-    for k, val in args.items():
-        cmd += [f"--{k}", val if isinstance(val, str) else json.dumps(val)]
     started = time.time()
+    if verb == "protect":
+        generator = Path(args["ckpt_dir"]) / f"generator_{args['spatial_dims']}d.pt"
+        if generator.is_file():
+            print(f"[protect] using the generators in {generator.parent} (delete them to learn anew)")
+        else:
+            print(f"[protect] 1/2 learning the protection on {input} (saved to {generator.parent})")
+            train = {k: val for k, val in args.items() if k not in ("output_dir", "overwrite", "deidentify")}
+            rc = subprocess.call(_bundle_command(v.bundle, "train", train))
+            if rc != 0:
+                return rc
+            print("[protect] 2/2 writing the protected copy")
+    cmd = _bundle_command(v.bundle, "inference", args)
     rc = subprocess.call(cmd)
     if report and (rc == 0 or (out / "manifest.json").is_file()):  # a failed run with written cases is reported too
         from .engines.report import verb_report

@@ -76,7 +76,7 @@ class TestUMedGenerator:
         img = torch.rand((2, 1) + shape)
         lab = _box(shape).repeat(2, 1, *([1] * sd))
         delta = gen(img, lab)
-        eps_map, band, region = budget_map(img, lab, eps, width)
+        eps_map, band, region = budget_map(img, lab, eps, width, gen.texture_floor)
         assert delta.shape == img.shape
         assert (delta.abs() <= eps + 1e-7).all()
         assert (delta.abs() <= eps_map + 1e-7).all()

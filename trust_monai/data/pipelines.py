@@ -18,6 +18,9 @@ def segmentation_transforms(
 ):
     """Load image + label, channel first, window intensities to [0, 1], and (train) sample patches at native resolution.
 
+    A colour image (RGB PNG / TIFF, channel last) becomes its luminance: the networks see one channel whatever the
+    format, and UMed's change, added equally to every colour channel, moves the luminance by exactly that change.
+
     Training samples ``num_samples`` patches per case with foreground / background ratio ``pos:neg`` (lesions are
     small, so uniform crops would rarely see one). Evaluation keeps the whole image for sliding-window inference.
 
@@ -33,7 +36,6 @@ def segmentation_transforms(
     """
     from monai.transforms import (
         Compose,
-        EnsureChannelFirstd,
         EnsureTyped,
         LoadImaged,
         RandCropByPosNegLabeld,
@@ -41,7 +43,7 @@ def segmentation_transforms(
         SpatialPadd,
     )
 
-    from ..transforms.intensity import ScanNormalized
+    from ..transforms.intensity import GreyChannelFirstd, ScanNormalized
 
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -50,7 +52,7 @@ def segmentation_transforms(
     keys = ["image", "label"]
     xs = [
         LoadImaged(keys, image_only=True),
-        EnsureChannelFirstd(keys, channel_dim="no_channel"),
+        GreyChannelFirstd("image", spatial_dims, label_keys="label"),
         ScanNormalized("image", ct_window=ct_window),
         EnsureTyped(keys, dtype=None, track_meta=True),
     ]

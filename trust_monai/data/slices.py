@@ -40,7 +40,7 @@ class SliceClassificationDataset(torch.utils.data.Dataset):
     """2D slices of a segmentation datalist as an image classification set (label 1: at least ``min_voxels`` mask
     voxels above 0; label 0: none).
 
-    Items match :class:`trust_monai.engines.natural.ImageClassificationDataset`: ``image`` (float ``(1, H, W)`` in
+    Items match :class:`trust_monai.data.classification.ImageClassificationDataset`: ``image`` (float ``(1, H, W)`` in
     [0, 1], windowed by :func:`normalise_slice` and resized to ``spatial_size`` with area averaging), ``label``
     (int64), ``index``, ``path``, ``rel`` and ``section``. Slices are read once, at construction.
 

@@ -34,7 +34,11 @@ def read_case_label(entry: dict, image, meta, method: str):
     if not isinstance(label_path, str):
         raise CaseError(f"{entry.get('image')}: {method} needs a label mask for every case (datalist 'label')")
     label, lmeta = read_image(label_path)
-    if label.shape != image.shape:
+    spatial = image.shape[:-1] if image.ndim == label.ndim + 1 and image.shape[-1] in (3, 4) else image.shape
+    if label.ndim == len(spatial) + 1 and label.shape[-1] in (3, 4) and label.shape[:-1] == spatial:
+        raise CaseError(f"{label_path}: mask has {label.shape[-1]} colour channels (an RGB mask?); save one class "
+                        "index per pixel as a grey image")
+    if label.shape != spatial:
         raise CaseError(f"{label_path}: mask shape {label.shape} does not match image shape {image.shape}")
     if not np.allclose(np.asarray(lmeta.affine), np.asarray(meta.affine), atol=1e-3):
         raise CaseError(f"{label_path}: mask geometry (affine) does not match the image's")
@@ -60,7 +64,8 @@ class CaseWriter(Workflow):
         bundle / config: recorded in the manifest.
         process_sections: datalist sections whose images are processed.
         copy_sections: sections copied byte for byte (e.g. the clean test split kept for evaluation).
-        image_key: the key that is processed; ``extra_keys`` (labels) are copied unchanged beside it.
+        image_key: the key that is processed; ``extra_keys`` (labels, field-of-view masks) are copied
+            unchanged beside it.
         derivation: note stored in DICOM DerivationDescription.
         deidentify: DICOM outputs get :func:`~trust_monai.data.io.deidentify_header` (copied DICOM cases too, so no
             identified header leaves through the byte-copy path).
@@ -77,7 +82,7 @@ class CaseWriter(Workflow):
         process_sections: Sequence[str] = ("training",),
         copy_sections: Sequence[str] = ("test",),
         image_key: str = "image",
-        extra_keys: Sequence[str] = ("label",),
+        extra_keys: Sequence[str] = ("label", "fov"),
         derivation: str = "",
         seed: int | None = None,
         overwrite: bool = False,

@@ -32,6 +32,7 @@ def before_after_png(clean_dir, changed_dir, path, section: str = "training", n:
 
     from ..data.datalist import load_datalist
     from ..data.io import read_image
+    from ..transforms.intensity import is_colour, to_luminance
 
     clean = load_datalist(clean_dir, section, keys=("image", "label"))
     changed_root = Path(changed_dir).resolve()
@@ -46,9 +47,14 @@ def before_after_png(clean_dir, changed_dir, path, section: str = "training", n:
         return None
     fig, axes = plt.subplots(len(rows), 3, figsize=(8.4, 2.8 * len(rows)), squeeze=False)
     for (entry, other), ax in zip(rows, axes):
-        a, _ = read_image(entry["image"])
+        a, meta = read_image(entry["image"])
         b, _ = read_image(other)
         lab = read_image(entry["label"])[0] if isinstance(entry.get("label"), str) else None
+        if lab is not None and is_colour(a, lab.ndim):  # colour photographs: show the luminance the change moved
+            a, b = to_luminance(a), to_luminance(b)
+        if meta.format == "png":  # (rows, cols), top row first: the plot below draws (x, y) with y upwards
+            a, b = a.T[:, ::-1], b.T[:, ::-1]
+            lab = lab.T[:, ::-1] if lab is not None else None
         a2, l2 = _middle_slice(np.asarray(a, np.float64), lab)
         b2, _ = _middle_slice(np.asarray(b, np.float64), lab)
         lo, hi = np.percentile(a2, [0.5, 99.5]) if a2.size else (0, 1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,8 +43,12 @@ def train_segmenter(
     device="cpu",
     progress: bool = True,
     desc: str = "train",
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Train ``network`` with Dice + CE on patches of ``files`` (MONAI datalist entries); returns the epoch losses."""
+    """Train ``network`` with Dice + CE on patches of ``files`` (MONAI datalist entries); returns the epoch losses.
+
+    ``on_epoch(epoch, loss)`` is called after each epoch (1-based), e.g. to score held-out cases for a curve.
+    """
     from monai.data import DataLoader, Dataset
     from monai.losses import DiceCELoss
     from tqdm.auto import trange
@@ -67,9 +71,12 @@ def train_segmenter(
             loss = loss_fn(network(x), y)
             loss.backward()
             opt.step()
-            total, n = total + float(loss), n + 1
+            total, n = total + float(loss.detach()), n + 1
         sched.step()
         losses.append(total / max(n, 1))
+        if on_epoch is not None:
+            on_epoch(len(losses), losses[-1])
+            network.train()
     return losses
 
 
@@ -81,11 +88,16 @@ def score_segmenter(
     patch_size: Sequence[int] | None = None,
     device="cpu",
 ) -> list[dict]:
-    """Per-case Dice and HD95 (mean over foreground classes present in the reference) with sliding windows."""
+    """Per-case Dice and HD95 (mean over foreground classes present in the reference) with sliding windows.
+
+    An entry with a ``fov`` mask (retinal photographs) is scored inside it only: outside, prediction and reference
+    both count as background, as the DRIVE protocol asks.
+    """
     from monai.data import DataLoader, Dataset
     from monai.inferers import sliding_window_inference
     from monai.metrics import compute_dice, compute_hausdorff_distance
     from monai.networks.utils import one_hot
+    from monai.transforms import LoadImage
 
     from ..data.pipelines import segmentation_transforms
 
@@ -99,8 +111,13 @@ def score_segmenter(
         for entry, batch in zip(files, DataLoader(Dataset(list(files), xform), batch_size=1)):
             x, y = batch["image"].to(device), batch["label"].to(device)
             logits = sliding_window_inference(x, patch_size, 4, network, overlap=0.25)
-            pred = one_hot(logits.argmax(1, keepdim=True), num_classes)
-            ref = one_hot(y.long(), num_classes)
+            pred_map, ref_map = logits.argmax(1, keepdim=True), y.long()
+            if isinstance(entry.get("fov"), str):
+                fov = torch.as_tensor(LoadImage(image_only=True)(entry["fov"])).to(device)
+                inside = (fov > 0).reshape(pred_map.shape)
+                pred_map, ref_map = pred_map * inside, ref_map * inside
+            pred = one_hot(pred_map, num_classes)
+            ref = one_hot(ref_map, num_classes)
             present = ref[:, 1:].flatten(2).sum(-1)[0] > 0
             dice = compute_dice(pred, ref, include_background=False, ignore_empty=True)[0]
             hd = compute_hausdorff_distance(pred, ref, include_background=False, percentile=95)[0]
@@ -114,17 +131,31 @@ def score_segmenter(
     return rows
 
 
+def _mean(values) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
 class VictimStudy:
-    """Train victims on clean and on changed data; score all on the clean test split; write CSV, Markdown and PNGs.
+    """Train victims on clean and on changed data; score all on the clean test split; write tables and pictures.
+
+    For every architecture, seed and training set (clean, changed) a fresh victim is trained; its Dice on the clean
+    held-out cases is recorded after every ``eval_every`` epochs (the curve shows whether it converged) and at the end
+    (Dice, HD95). **Reliance** is the victim's Dice on the changed training cases minus its Dice on the same cases
+    without the change: near 0 for a victim that learned anatomy, large for one that learned the perturbation as a
+    shortcut (it segments only where the perturbation is).
 
     Args:
         clean_dir: the original dataset folder (its ``test`` split is the clean held-out set).
         changed_dir: the protected (or purified) copy with the same datalist.
-        output_dir: where ``metrics.csv``, ``metrics.md``, ``dice.png`` and ``examples.png`` go.
+        output_dir: where ``metrics.csv`` / ``.md`` (one row per victim), ``summary.csv`` / ``.md`` (mean and sample
+            std over seeds), ``curves.csv``, ``curves.png`` and ``dice.png`` go.
         spatial_dims / num_classes: of the data.
         archs: victim architectures (see :func:`victim_network`).
         epochs, patch_size, batch_size, lr: victim training settings.
         max_cases: use at most this many training cases (smoke runs).
+        seeds: one victim per seed (``seed`` alone when None).
+        eval_every: epochs between held-out scores for the curve (0: final score only).
         label: name of the changed data in the report ("protected", "purified").
     """
 
@@ -145,75 +176,141 @@ class VictimStudy:
         seed: int = 0,
         label: str = "protected",
         progress: bool = True,
+        seeds: Sequence[int] | None = None,
+        eval_every: int = 0,
     ) -> None:
         self.clean_dir, self.changed_dir, self.output_dir = Path(clean_dir), Path(changed_dir), Path(output_dir)
         self.spatial_dims, self.num_classes, self.archs = spatial_dims, num_classes, list(archs)
         self.epochs, self.patch_size, self.batch_size, self.lr = epochs, patch_size, batch_size, lr
-        self.max_cases, self.device, self.seed, self.label, self.progress = max_cases, device, seed, label, progress
+        self.max_cases, self.device, self.label, self.progress = max_cases, device, label, progress
+        self.seeds = [int(seed)] if seeds is None else [int(s) for s in seeds]
+        self.eval_every = int(eval_every)
 
     def _files(self, root: Path, section: str) -> list[dict]:
         from ..data.datalist import load_datalist
 
-        files = load_datalist(root, section, keys=("image", "label"))
+        files = load_datalist(root, section, keys=("image", "label", "fov"))
         return files[: self.max_cases] if self.max_cases and section == "training" else files
+
+    def _dice(self, net, files) -> float:
+        rows = score_segmenter(net, files, self.spatial_dims, self.num_classes, self.patch_size, self.device)
+        return _mean(r["dice"] for r in rows)
 
     def run(self) -> list[dict]:
         from monai.utils import set_determinism
 
         test = self._files(self.clean_dir, "test")
-        results = []
+        train_sets = {"clean": self._files(self.clean_dir, "training"), self.label: self._files(self.changed_dir, "training")}
+        results, curves = [], []
         for arch in self.archs:
-            for data_name, root in (("clean", self.clean_dir), (self.label, self.changed_dir)):
-                set_determinism(self.seed)
-                net = victim_network(arch, self.spatial_dims, 1, self.num_classes)
-                losses = train_segmenter(
-                    net, self._files(root, "training"), self.spatial_dims, self.epochs, self.patch_size,
-                    self.batch_size, lr=self.lr, device=self.device, progress=self.progress,
-                    desc=f"{arch} on {data_name}",
-                )
-                rows = score_segmenter(net, test, self.spatial_dims, self.num_classes, self.patch_size, self.device)
-                dice = [r["dice"] for r in rows if not math.isnan(r["dice"])]
-                hd = [r["hd95"] for r in rows if not math.isnan(r["hd95"])]
-                results.append({
-                    "victim": arch,
-                    "trained_on": data_name,
-                    "dice": float(np.mean(dice)) if dice else float("nan"),
-                    "hd95": float(np.mean(hd)) if hd else float("nan"),
-                    "final_train_loss": losses[-1] if losses else float("nan"),
-                    "test_cases": len(rows),
-                })
-                print(f"[victim] {arch:9s} trained on {data_name:9s}: Dice {results[-1]['dice']:.4f}  "
-                      f"HD95 {results[-1]['hd95']:.2f}")
-        self.write(results)
+            for seed in self.seeds:
+                for data_name, files in train_sets.items():
+                    set_determinism(seed)
+                    net = victim_network(arch, self.spatial_dims, 1, self.num_classes)
+
+                    def on_epoch(epoch, loss, net=net, tag=(arch, seed, data_name)):
+                        if self.eval_every and (epoch % self.eval_every == 0 or epoch == self.epochs):
+                            curves.append({"victim": tag[0], "seed": tag[1], "trained_on": tag[2], "epoch": epoch,
+                                           "train_loss": loss, "test_dice": self._dice(net, test)})
+
+                    losses = train_segmenter(
+                        net, files, self.spatial_dims, self.epochs, self.patch_size, self.batch_size, lr=self.lr,
+                        device=self.device, progress=self.progress, desc=f"{arch} seed {seed} on {data_name}",
+                        on_epoch=on_epoch,
+                    )
+                    rows = score_segmenter(net, test, self.spatial_dims, self.num_classes, self.patch_size, self.device)
+                    with_change = self._dice(net, train_sets[self.label])
+                    without = self._dice(net, train_sets["clean"])
+                    results.append({
+                        "victim": arch,
+                        "seed": seed,
+                        "trained_on": data_name,
+                        "dice": _mean(r["dice"] for r in rows),
+                        "hd95": _mean(r["hd95"] for r in rows),
+                        "reliance": with_change - without,
+                        "train_dice_changed": with_change,
+                        "train_dice_clean": without,
+                        "final_train_loss": losses[-1] if losses else float("nan"),
+                        "test_cases": len(rows),
+                    })
+                    r = results[-1]
+                    print(f"[victim] {arch:9s} seed {seed} trained on {data_name:9s}: Dice {r['dice']:.4f}  "
+                          f"HD95 {r['hd95']:.2f}  reliance {r['reliance']:+.4f}")
+        self.write(results, curves)
         return results
 
-    def write(self, results: list[dict]) -> None:
-        """``metrics.csv``, ``metrics.md`` and ``dice.png`` into ``output_dir`` (atomic writes)."""
+    def summary(self, results: list[dict]) -> list[dict]:
+        """Mean and sample std over seeds per (victim, trained_on)."""
+        out = []
+        for key in dict.fromkeys((r["victim"], r["trained_on"]) for r in results):
+            group = [r for r in results if (r["victim"], r["trained_on"]) == key]
+            row = {"victim": key[0], "trained_on": key[1], "seeds": len(group)}
+            for m in ("dice", "hd95", "reliance"):
+                vals = np.array([g[m] for g in group], dtype=np.float64)
+                row[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+                row[f"{m}_std"] = float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else float("nan")
+            out.append(row)
+        return out
+
+    def write(self, results: list[dict], curves: Sequence[dict] = ()) -> None:
+        """Tables (CSV + Markdown), the curve and the bar chart into ``output_dir`` (atomic writes)."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        cols = list(results[0])
-        with atomic_path(self.output_dir / "metrics.csv") as tmp:
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=cols)
-                w.writeheader()
-                w.writerows(results)
+        _table(results, self.output_dir / "metrics")
+        _table(self.summary(results), self.output_dir / "summary")
+        if curves:
+            _table(list(curves), self.output_dir / "curves", markdown=False)
+            _curve_plot(list(curves), self.output_dir / "curves.png")
+        _bar_plot(self.summary(results), self.output_dir / "dice.png", self.label)
+
+
+def _table(rows: list[dict], stem: Path, markdown: bool = True) -> None:
+    cols = list(rows[0])
+    with atomic_path(stem.with_suffix(".csv")) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+    if markdown:
         md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         md += ["| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
-               for r in results]
-        atomic_write_text(self.output_dir / "metrics.md", "\n".join(md) + "\n")
-        _bar_plot(results, self.output_dir / "dice.png", self.label)
+               for r in rows]
+        atomic_write_text(stem.with_suffix(".md"), "\n".join(md) + "\n")
 
 
-def _bar_plot(results: list[dict], path: Path, label: str) -> None:
+def _curve_plot(curves: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    archs = sorted({r["victim"] for r in results})
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for key in dict.fromkeys((c["victim"], c["trained_on"], c["seed"]) for c in curves):
+        pts = [c for c in curves if (c["victim"], c["trained_on"], c["seed"]) == key]
+        style = "-" if key[1] == "clean" else "--"
+        ax.plot([p["epoch"] for p in pts], [p["test_dice"] for p in pts], style, label=f"{key[0]} on {key[1]} s{key[2]}")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("victim epoch")
+    ax.set_ylabel("Dice on clean held-out cases")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def _bar_plot(summary: list[dict], path: Path, label: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    archs = sorted({r["victim"] for r in summary})
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(archs), 3.2))
     for j, name in enumerate(("clean", label)):
-        vals = [next((r["dice"] for r in results if r["victim"] == a and r["trained_on"] == name), 0) for a in archs]
-        ax.bar(np.arange(len(archs)) + (j - 0.5) * 0.38, vals, 0.36, label=f"trained on {name}")
+        rows = [next((r for r in summary if r["victim"] == a and r["trained_on"] == name), None) for a in archs]
+        vals = [r["dice"] if r else 0 for r in rows]
+        errs = [r["dice_std"] if r and np.isfinite(r["dice_std"]) else 0 for r in rows]
+        ax.bar(np.arange(len(archs)) + (j - 0.5) * 0.38, vals, 0.36, yerr=errs, label=f"trained on {name}")
     ax.set_xticks(range(len(archs)), archs)
     ax.set_ylim(0, 1)
     ax.set_ylabel("Dice on clean test cases")

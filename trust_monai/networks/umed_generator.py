@@ -1,4 +1,4 @@
-"""UMed's perturbation network: a contour generator and a texture generator under a per-voxel L-inf budget."""
+"""UMed's perturbation network: a per-class code plus contour and texture generators under a per-voxel L-inf budget."""
 
 from __future__ import annotations
 
@@ -28,24 +28,28 @@ class UMedGenerator(nn.Module):
     """Contour- and texture-aware error-minimizing perturbation, after "Safeguarding Medical Image Segmentation
     Datasets against Unauthorized Training via Contour- and Texture-Aware Perturbations".
 
-    ``delta = eps * band * tanh(G_c([x, band])) + eps * texture * interior * tanh(G_t([x, texture]))``, then clipped so
-    ``x + delta`` stays in ``[0, 1]``. ``band`` is the contour band of the mask, ``interior`` the mask minus the band and
-    ``texture`` the normalised gradient magnitude in ``[floor, 1]``; so ``|delta| <= eps`` everywhere and ``delta == 0``
-    exactly outside mask + band, whatever the generators output.
+    ``delta = eps * w * tanh(code[label] + G_c([x, band, onehot]) * band + G_t([x, texture, onehot]) * interior)``,
+    then clipped so ``x + delta`` stays in ``[0, 1]``. ``w`` is 1 on the contour band and the texture weight inside the
+    mask (``texture_floor=1``, the default, gives every ROI voxel the whole budget), 0 elsewhere; so ``|delta| <= eps``
+    everywhere and ``delta == 0`` exactly outside mask + band, whatever the generators output.
+
+    The class code is the shortcut: each class owns a small periodic pattern, painted by the label map. It starts
+    saturated (``tanh(code_init) ~ 0.9`` of the budget), so even an untrained generator hands a victim a label cue that
+    is easier to learn than anatomy whose contrast is comparable to the budget. The two image-conditioned U-Nets shape
+    it per image (the contour one can also lower the true boundary contrast inside the band); each enters through a
+    gate that starts at 0, so before training ``delta`` is exactly the code.
 
     Args:
         spatial_dims: 2 or 3.
         in_channels: image channels (intensities normalised to [0, 1]).
-        num_classes: label classes including background; both generators see the one-hot label map, so the
-            perturbation can differ per class (the shortcut must tell classes apart, not only ROI from background).
+        num_classes: label classes including background; both generators see the one-hot label map.
         epsilon: L-inf budget in normalised intensity units (4/255 by default).
         band_width: contour band half-width in voxels.
-        texture_floor: smallest texture weight inside the ROI.
+        texture_floor: smallest texture weight inside the ROI; 1 (default) = uniform budget, lower values scale the
+            budget with local texture (flat tissue then gets ``floor * eps``).
         channels / strides: the two small U-Nets' widths and down-sampling.
-        pattern_size: period of the learnable class-wise pattern (0 disables it). Each class owns a small periodic
-            pattern added to both generators' pre-activation: a shortcut a victim picks up at once, which the
-            min-min training then shapes per image. Without it the generators only find shortcuts the surrogate
-            needs no more than the anatomy itself, and victims learn anatomy as usual.
+        pattern_size: period of the class code in voxels (0 disables it: generators only).
+        code_init: magnitude of the initial code (its sign pattern is random per class, from a fixed seed).
 
     Shapes:
         ``forward(image, label)``: image (B, C, *spatial) in [0, 1], label (B, 1, *spatial) integer class map
@@ -60,10 +64,11 @@ class UMedGenerator(nn.Module):
         num_classes: int = 2,
         epsilon: float = 4 / 255,
         band_width: int = 2,
-        texture_floor: float = 0.25,
+        texture_floor: float = 1.0,
         channels=(16, 32, 64),
         strides=(2, 2),
         pattern_size: int = 4,
+        code_init: float = 1.5,
     ) -> None:
         super().__init__()
         self.spatial_dims, self.in_channels, self.num_classes = spatial_dims, in_channels, int(num_classes)
@@ -72,18 +77,25 @@ class UMedGenerator(nn.Module):
         cond = in_channels + 1 + self.num_classes
         self.contour_gen = _small_unet(spatial_dims, cond, in_channels, channels, strides)
         self.texture_gen = _small_unet(spatial_dims, cond, in_channels, channels, strides)
+        # ReZero-style gates: the generators start switched off, so training starts from the pure class code and
+        # they enter only as far as lowering the surrogates' loss asks for
+        self.gates = nn.Parameter(torch.zeros(2))
         self.pattern_size = int(pattern_size)
         if self.pattern_size > 0:
-            # fixed seed: the initial patterns are part of the method, not of the run's randomness
+            # fixed seed: the initial code is part of the method, not of the run's randomness; +-1 signs so every
+            # voxel of the code starts with the same magnitude (a Gaussian start leaves near-zero voxels)
             g = torch.Generator().manual_seed(1234)
-            init = torch.randn((self.num_classes, in_channels) + (self.pattern_size,) * spatial_dims, generator=g)
-            self.class_patterns = nn.Parameter(2.0 * init)
+            shape = (self.num_classes, in_channels) + (self.pattern_size,) * spatial_dims
+            signs = torch.randint(0, 2, shape, generator=g).float() * 2 - 1
+            self.class_patterns = nn.Parameter(float(code_init) * signs)
 
     def budget(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(band, texture_weight_inside_roi)``, each (B, 1, *spatial)."""
+        """``(band, texture_weight_inside_roi)``, each (B, 1, *spatial); their sum is the budget weight ``w``."""
         band, region = contour_band(label, self.band_width)
-        tex = texture_map(image, region - band, self.texture_floor)
-        return band, tex
+        interior = region - band
+        if self.texture_floor >= 1.0:
+            return band, interior
+        return band, texture_map(image, interior, self.texture_floor)
 
     def _run(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         # the U-Net needs sizes divisible by 2**depth; pad by replication and crop back, so any scan size works
@@ -95,7 +107,7 @@ class UMedGenerator(nn.Module):
         return y[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
 
     def class_pattern(self, onehot: torch.Tensor) -> torch.Tensor:
-        """Per-voxel pattern of the voxel's class: the class patterns tiled over space, (B, C, *spatial)."""
+        """Per-voxel code of the voxel's class: the class patterns tiled over space, (B, C, *spatial)."""
         size = onehot.shape[2:]
         p = self.pattern_size
         reps = (1, 1) + tuple(-(-s // p) for s in size)
@@ -107,11 +119,12 @@ class UMedGenerator(nn.Module):
         if label is None:
             image, label = image[:, : self.in_channels], image[:, self.in_channels :]
         band, tex = self.budget(image, label)
+        interior = (tex > 0).to(image.dtype)
         classes = torch.arange(self.num_classes, device=label.device).reshape((1, -1) + (1,) * (label.ndim - 2))
         onehot = (label.round() == classes).to(image.dtype)
-        bias = self.class_pattern(onehot) if self.pattern_size > 0 else 0.0
-        d_contour = torch.tanh(self._run(self.contour_gen, torch.cat([image, band, onehot], 1)) + bias) * band
-        d_texture = torch.tanh(self._run(self.texture_gen, torch.cat([image, tex, onehot], 1)) + bias) * tex
-        delta = self.epsilon * (d_contour + d_texture)
+        code = self.class_pattern(onehot) if self.pattern_size > 0 else 0.0
+        g_contour = self.gates[0] * self._run(self.contour_gen, torch.cat([image, band, onehot], 1)) * band
+        g_texture = self.gates[1] * self._run(self.texture_gen, torch.cat([image, tex, onehot], 1)) * interior
+        delta = self.epsilon * (band + tex) * torch.tanh(code + g_contour + g_texture)
         # keep x + delta a valid image; clipping only shrinks |delta|, so the budget still holds
         return (image + delta).clamp(0.0, 1.0) - image

@@ -1,16 +1,18 @@
-"""UMed min-min training: generators learn a perturbation that makes a surrogate segmenter's loss small.
+"""UMed: learn a perturbation that fresh segmenters learn faster than anatomy, and protect cases with it.
 
 Error-minimizing ("min-min") as in "Unlearnable Examples: Making Personal Data Unexploitable", with UMed's
-contour- and texture-aware generators: each iteration first updates the generators to *lower* the surrogate's
-Dice + cross-entropy on ``x + delta`` (so ``delta`` becomes an easy shortcut for the labels), then updates the
-surrogate on ``x + delta``. A victim trained later on protected data learns the shortcut instead of anatomy.
+contour- and texture-aware generators. One co-trained surrogate is not enough pressure: generator and surrogate
+reach the same loss together and nothing asks the perturbation to be *easier to learn than anatomy*. So the
+generator is trained against an ensemble of surrogates (different architectures) that are re-initialised every
+``reinit_every`` iterations, and it lowers the loss those young networks reach after a few steps on protected data.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import torch
+from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.utils import CommonKeys as Keys
 
@@ -19,14 +21,39 @@ from ..transforms.roi import contour_band
 __all__ = ["UMedTrainer", "UMedProtector", "SampleWiseProtector", "samplewise_noise_data"]
 
 
+def _reinitialise(net: torch.nn.Module) -> None:
+    """Fresh random weights in place (every layer that can reset itself)."""
+    for m in net.modules():
+        if m is not net and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
 class UMedTrainer(SupervisedTrainer):
-    """MONAI ``SupervisedTrainer`` whose iteration alternates generator and surrogate updates.
+    """MONAI ``SupervisedTrainer`` whose iteration alternates generator and surrogate-ensemble updates.
 
-    ``network`` is the surrogate segmenter, ``optimizer`` / ``loss_function`` its optimiser and loss (Dice + CE on
-    logits against an integer label map). ``generator`` maps ``(image, label)`` to ``delta``; ``g_optimizer`` updates
-    it; ``g_steps`` generator updates run per surrogate update. All other arguments are SupervisedTrainer's.
+    Objective (alternating, not unrolled): every iteration first takes ``g_steps`` generator steps that lower the
+    mean Dice + CE of all surrogates on ``x + delta``, then one step of every surrogate on ``x + delta``. Every
+    ``reinit_every`` iterations the surrogates get fresh random weights and fresh optimiser state, so the generator
+    always faces networks that have seen at most ``reinit_every`` protected batches: what it learns is a perturbation
+    that is learnt *fast from scratch*, i.e. a shortcut, rather than one tuned to a single converged surrogate.
 
-    Output of each iteration: ``image`` (= x + delta), ``label``, ``pred``, ``loss`` (surrogate) and ``g_loss``.
+    Stopping: before training, each surrogate is trained ``reinit_every`` steps from scratch on *clean* batches; the
+    mean of its last fifth of losses is the clean reference. At the end of each cycle the same statistic of the
+    protected losses gives the learnability ratio ``protected / clean`` (both at equal steps from scratch, same
+    architectures). Training stops once the ratio is at most ``target_ratio`` (or at ``max_epochs``). The history is in
+    ``engine.state.learnability`` and, with ``history_file``, written as JSON.
+
+    Args:
+        network / optimizer / loss_function: the first surrogate, its optimiser and the loss (Dice + CE on logits
+            against an integer label map); other arguments are SupervisedTrainer's.
+        generator / g_optimizer / g_steps: the perturbation network, its optimiser, its steps per iteration.
+        extra_surrogates: more surrogates (other architectures); each gets a copy of ``optimizer``'s class and lr.
+        reinit_every: cycle length K in iterations (0: never re-initialise, no ratio, fixed epochs).
+        target_ratio: stop when the cycle's learnability ratio is at most this.
+        history_file: where the ratio history goes (JSON), or None.
+
+    Output of each iteration: ``image`` (= x + delta), ``label``, ``pred``, ``loss`` (mean surrogate loss) and
+    ``g_loss``.
     """
 
     def __init__(
@@ -35,46 +62,115 @@ class UMedTrainer(SupervisedTrainer):
         generator: torch.nn.Module,
         g_optimizer: torch.optim.Optimizer,
         g_steps: int = 1,
+        extra_surrogates: Sequence[torch.nn.Module] = (),
+        reinit_every: int = 0,
+        target_ratio: float = 0.3,
+        history_file: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.generator = generator
         self.g_optimizer = g_optimizer
         self.g_steps = int(g_steps)
+        self.surrogates = [self.network, *[s.to(self.state.device) for s in extra_surrogates]]
+        group = self.optimizer.param_groups[0]
+        self.surrogate_opts = [self.optimizer] + [
+            type(self.optimizer)(s.parameters(), lr=group["lr"]) for s in self.surrogates[1:]
+        ]
+        self.reinit_every, self.target_ratio, self.history_file = int(reinit_every), float(target_ratio), history_file
+        self.state.learnability = []
+        self._cycle_losses: list[float] = []
+        self._clean_reference: float | None = None
+        if self.reinit_every > 0:
+            self.add_event_handler(Events.STARTED, self._measure_clean_reference)
+            self.add_event_handler(Events.ITERATION_COMPLETED(every=self.reinit_every), self._end_cycle)
+
+    def _reset_surrogates(self) -> None:
+        for net, opt in zip(self.surrogates, self.surrogate_opts):
+            _reinitialise(net)
+            opt.state.clear()
+
+    def _tail(self, losses: Sequence[float]) -> float:
+        k = max(1, len(losses) // 5)
+        return float(sum(losses[-k:]) / k)
+
+    def _measure_clean_reference(self, engine: "UMedTrainer") -> None:
+        """Loss of fresh surrogates after ``reinit_every`` steps on clean data: the ratio's denominator."""
+        losses: list[float] = []
+        self._reset_surrogates()
+        batches = iter(engine.data_loader)
+        for _ in range(self.reinit_every):
+            try:
+                batchdata = next(batches)
+            except StopIteration:
+                batches = iter(engine.data_loader)
+                batchdata = next(batches)
+            x, y = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
+            losses.append(self._surrogate_step(engine, x, y)[1])
+        self._clean_reference = self._tail(losses)
+        self._reset_surrogates()
+
+    def _end_cycle(self, engine: "UMedTrainer") -> None:
+        protected = self._tail(self._cycle_losses)
+        ratio = protected / max(self._clean_reference or 0.0, 1e-8)
+        engine.state.learnability.append({
+            "iteration": engine.state.iteration, "protected_loss": protected,
+            "clean_loss": self._clean_reference, "ratio": ratio,
+        })
+        if self.history_file:
+            from ..utils.fileio import atomic_write_json
+
+            atomic_write_json(self.history_file, {"target_ratio": self.target_ratio, "cycles": engine.state.learnability})
+        self._cycle_losses = []
+        if ratio <= self.target_ratio:
+            engine.terminate()
+        else:
+            self._reset_surrogates()
+
+    def _surrogate_step(self, engine: "UMedTrainer", x: torch.Tensor, y: torch.Tensor):
+        """One optimiser step of every surrogate on ``x``; returns (first surrogate's logits, mean loss)."""
+        preds, total = [], 0.0
+        for net, opt in zip(self.surrogates, self.surrogate_opts):
+            net.train()
+            opt.zero_grad(set_to_none=engine.optim_set_to_none)
+            pred = engine.inferer(x, net)
+            loss = engine.loss_function(pred, y).mean()
+            loss.backward()
+            opt.step()
+            preds.append(pred.detach())
+            total += float(loss)
+        return preds[0], total / len(self.surrogates)
 
     def _iteration(self, engine: "UMedTrainer", batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         x, y = batch[0], batch[1]
-        loss_fn: Callable = engine.loss_function
-        net, gen = engine.network, engine.generator
+        gen = engine.generator
 
-        # min over delta: the generator makes the surrogate's loss small
+        # min over delta: the generator lowers every surrogate's loss (frozen statistics while it learns)
         gen.train()
-        net.eval()  # frozen statistics while the generator learns against the current surrogate
+        for net in self.surrogates:
+            net.eval()
         g_loss = torch.zeros(())
         for _ in range(self.g_steps):
             engine.g_optimizer.zero_grad(set_to_none=True)
-            g_loss = loss_fn(engine.inferer(x + gen(x, y), net), y).mean()
+            x_adv = x + gen(x, y)
+            g_loss = torch.stack([engine.loss_function(engine.inferer(x_adv, n), y).mean() for n in self.surrogates]).mean()
             g_loss.backward()
             engine.g_optimizer.step()
 
-        # min over theta: the surrogate learns from the current protected batch
+        # min over theta: the surrogates learn from the current protected batch
         with torch.no_grad():
             gen.eval()
             x_adv = x + gen(x, y)
-        net.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        pred = engine.inferer(x_adv, net)
-        loss = loss_fn(pred, y).mean()
-        loss.backward()
-        engine.optimizer.step()
+        pred, loss = self._surrogate_step(engine, x_adv, y)
+        self._cycle_losses.append(loss)
         engine.state.output = {
             Keys.IMAGE: x_adv,
             Keys.LABEL: y,
-            Keys.PRED: pred.detach(),
-            Keys.LOSS: loss.detach(),
+            Keys.PRED: pred,
+            Keys.LOSS: torch.tensor(loss),
             "g_loss": g_loss.detach(),
         }
         return engine.state.output
@@ -119,6 +215,11 @@ class UMedProtector:
         label, label_path = read_case_label(entry, image, meta, "UMed")
         # the datalist's modality, else the DICOM header's: a CT series must get the CT window, not MR percentiles
         modality = entry.get("modality") or meta.modality or "MR"
+        if meta.format == "png":
+            # PIL arrays are (rows, cols); MONAI's loader, which the generator was trained through, gives (cols, rows)
+            out, metrics = self.protect(image.swapaxes(0, 1), label.swapaxes(0, 1), modality, name=entry["image"],
+                                        label_name=label_path, step=meta.value_step)
+            return (None if out is None else out.swapaxes(0, 1)), metrics
         return self.protect(image, label, modality, name=entry["image"], label_name=label_path, step=meta.value_step)
 
     def delta(self, x: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:
@@ -131,12 +232,14 @@ class UMedProtector:
 
         ``step``: the value grid of the file the result goes to (:attr:`ImageMeta.value_step`; integer arrays are on
         a grid of 1 anyway); the change is rounded to it and kept within the budget *after* rounding.
+        A colour image (channel last, RGB or RGBA) is protected through its luminance: the same change goes into each
+        colour channel (alpha untouched), so every channel stays within the budget.
         """
         import numpy as np
 
         from ..errors import CaseError
         from ..metrics.image import image_change_metrics
-        from ..transforms.intensity import ScanNormalize
+        from ..transforms.intensity import ScanNormalize, is_colour, to_luminance
 
         if self.checkpoint is not None:
             from ..utils.checkpoint import load_state_dict
@@ -158,11 +261,13 @@ class UMedProtector:
             # a single-slice DICOM reads as (cols, rows, 1): protect the slice, keep the stored shape
             out, metrics = self.protect(image_np[..., 0], lab[..., 0], modality, name, label_name, step)
             return (None if out is None else out[..., None]), metrics
-        if image_np.ndim != spatial:
+        colour = is_colour(image_np, spatial) and lab.ndim == spatial
+        work = to_luminance(image_np) if colour else image_np
+        if work.ndim != spatial:
             raise CaseError(
                 f"{name}: {image_np.ndim}D image but the generator is {spatial}D (set --spatial_dims)"
             )
-        x, (low, high) = ScanNormalize(self.ct_window, self.percentiles)(image_np, modality)
+        x, (low, high) = ScanNormalize(self.ct_window, self.percentiles)(work, modality)
         scale = high - low
         with torch.inference_mode():
             xt = x[None, None].to(self.device)
@@ -170,6 +275,8 @@ class UMedProtector:
             delta = self.delta(xt, yt, name)[0, 0].double().cpu().numpy()
             region = contour_band(yt, self.generator.band_width)[1][0, 0].cpu().numpy() > 0
         change = delta * scale
+        if colour:  # one change for every colour channel; alpha (a 4th channel) keeps its values
+            change = np.stack([change] * 3 + [np.zeros_like(change)] * (image_np.shape[-1] - 3), -1)
         eps_native = self.generator.epsilon * scale
         if np.issubdtype(image_np.dtype, np.integer) or step > 0:
             q = float(step) if step > 0 else 1.0
@@ -187,15 +294,16 @@ class UMedProtector:
             over = np.abs(out.astype(np.float64) - image_np) > eps_native
             out[over] = image_np[over]
         metrics = image_change_metrics(image_np, out, low, high)
+        changed = (out != image_np).any(-1) if colour else out != image_np
         metrics.update(
-            {"changed_outside_region": int((out != image_np)[~region].sum()),
+            {"changed_outside_region": int(changed[~region].sum()),
              "epsilon_native": float(eps_native), "window": [float(low), float(high)], "roi_voxels": int((lab > 0).sum())}
         )
         return out, metrics
 
 
 def samplewise_noise_data(
-    files, spatial_dims: int, epsilon: float = 4 / 255, band_width: int = 2, texture_floor: float = 0.25, seed: int = 0,
+    files, spatial_dims: int, epsilon: float = 4 / 255, band_width: int = 2, texture_floor: float = 1.0, seed: int = 0,
     steps: int = 20, step_size: float | None = None, multiple: int = 16,
 ):
     """The per-sample error-minimizing baseline's data and noise table (no generator).

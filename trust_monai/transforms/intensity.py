@@ -17,9 +17,24 @@ from monai.utils import convert_to_tensor
 
 from ..errors import TrustMonaiError
 
-__all__ = ["CT_WINDOW", "scan_window", "ScanNormalize", "ScanNormalized"]
+__all__ = ["CT_WINDOW", "LUMA", "is_colour", "to_luminance", "scan_window", "ScanNormalize", "ScanNormalized", "GreyChannelFirstd"]
 
 CT_WINDOW = (-1000.0, 1000.0)
+# ITU-R BT.601 luma weights: colour photographs (fundus, dermoscopy) enter the networks as one luminance channel
+LUMA = (0.299, 0.587, 0.114)
+
+
+def is_colour(image, spatial_dims: int) -> bool:
+    """True for a channel-last RGB / RGBA array of ``spatial_dims`` spatial axes (what PNG / TIFF readers return)."""
+    return image.ndim == spatial_dims + 1 and image.shape[-1] in (3, 4)
+
+
+def to_luminance(image):
+    """Luminance of a channel-last RGB(A) array (alpha ignored), as float; numpy or torch in, same kind out."""
+    rgb = image[..., :3]
+    if isinstance(rgb, torch.Tensor):
+        return (rgb.float() * torch.as_tensor(LUMA, device=rgb.device)).sum(-1)
+    return (np.asarray(rgb, dtype=np.float64) * np.asarray(LUMA)).sum(-1)
 
 
 def scan_window(image, modality: str = "MR", ct_window: Sequence[float] = CT_WINDOW, percentiles=(0.5, 99.5)):
@@ -80,4 +95,37 @@ class ScanNormalized(MapTransform):
             else:
                 d[key] = norm
             d[f"{key}_window"] = np.asarray(window, dtype=np.float64)
+        return d
+
+
+class GreyChannelFirstd(MapTransform):
+    """Add the channel axis: ``(*spatial)`` -> ``(1, *spatial)``; a colour image ``(*spatial, 3|4)`` becomes its
+    luminance first. A colour *label* is refused: a mask must hold one class index per pixel.
+
+    Args:
+        keys: image keys (colour allowed).
+        spatial_dims: 2 or 3.
+        label_keys: keys that must be single-channel masks.
+    """
+
+    def __init__(self, keys: KeysCollection, spatial_dims: int, label_keys: KeysCollection = (),
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_dims = int(spatial_dims)
+        self.label_keys = (label_keys,) if isinstance(label_keys, str) else tuple(label_keys)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in (*self.key_iterator(d), *[k for k in self.label_keys if k in d]):
+            x = d[key]
+            if x.ndim == self.spatial_dims + 1 and key in self.label_keys:
+                name = getattr(x, "meta", {}).get("filename_or_obj", key)
+                raise TrustMonaiError(f"{name}: mask has {x.shape[-1]} channels (an RGB mask?); save one class "
+                                      "index per pixel (0 background, 1, 2 ... classes) as a grey PNG / NIfTI")
+            if is_colour(x, self.spatial_dims):
+                x = to_luminance(x)
+            elif x.ndim != self.spatial_dims:
+                name = getattr(x, "meta", {}).get("filename_or_obj", key)
+                raise TrustMonaiError(f"{name}: shape {tuple(x.shape)} is not a {self.spatial_dims}D image")
+            d[key] = x[None]
         return d

@@ -1,0 +1,181 @@
+"""UMed's class code, the learnability-driven trainer, colour images and the reliance / field-of-view scoring."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.losses import DiceCELoss
+from parameterized import parameterized
+from PIL import Image
+
+from trust_monai.engines.segmentation import VictimStudy, score_segmenter, victim_network
+from trust_monai.errors import TrustMonaiError
+from trust_monai.networks.umed_generator import UMedGenerator
+from trust_monai.protect.umed import UMedProtector, UMedTrainer
+from trust_monai.transforms.intensity import GreyChannelFirstd, to_luminance
+from trust_monai.transforms.roi import contour_band
+
+EPS = 4 / 255
+SHAPES = [(2, (48, 40)), (3, (24, 20, 16))]
+
+
+def _blob(spatial_dims, shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    image = 0.3 + 0.4 * torch.rand((1, 1) + shape, generator=g)
+    label = torch.zeros((1, 1) + shape)
+    label[(0, 0) + tuple(slice(s // 4, s // 2) for s in shape)] = 1
+    return image, label
+
+
+@parameterized.expand(SHAPES)
+def test_untrained_generator_is_a_class_code_using_the_whole_budget(spatial_dims, shape):
+    torch.manual_seed(0)
+    gen = UMedGenerator(spatial_dims, num_classes=2, channels=(4, 8), strides=(2,))
+    image, label = _blob(spatial_dims, shape)
+    with torch.no_grad():
+        delta = gen(image, label)
+    band, region = contour_band(label, gen.band_width)
+    assert delta.abs().max() <= EPS + 1e-7
+    assert (delta[region == 0] == 0).all()
+    inside = delta[(region > 0)]
+    # texture_floor=1: flat interior voxels get the whole budget, not a quarter of it
+    assert inside.abs().mean() > 0.6 * EPS
+    # the code is painted by the label: every foreground voxel at the same pattern position carries the same sign
+    fg = label > 0
+    code = gen.class_pattern(torch.cat([1 - label, label], 1))
+    agree = (torch.sign(delta) == torch.sign(code))[fg].float().mean()
+    assert agree > 0.95
+
+
+def test_code_free_generator_and_texture_scaling_keep_the_budget():
+    gen = UMedGenerator(2, num_classes=2, channels=(4, 8), strides=(2,), pattern_size=0, texture_floor=0.25)
+    image, label = _blob(2, (32, 32))
+    with torch.no_grad():
+        delta = gen(image, label)
+    assert not hasattr(gen, "class_patterns")
+    assert delta.abs().max() <= EPS + 1e-7
+    assert (delta[contour_band(label, 2)[1] == 0] == 0).all()
+
+
+def _loader(n=4, shape=(32, 32)):
+    items = []
+    for i in range(n):
+        image, label = _blob(2, shape, seed=i)
+        items.append({"image": image[0], "label": label[0]})
+    return torch.utils.data.DataLoader(items, batch_size=2)
+
+
+def _trainer(tmp_path, target_ratio, epochs=3):
+    torch.manual_seed(0)
+    gen = UMedGenerator(2, num_classes=2, channels=(4, 8), strides=(2,))
+    nets = [victim_network(a, 2, 1, 2) for a in ("unet", "segresnet")]
+    return UMedTrainer(
+        device=torch.device("cpu"), max_epochs=epochs, train_data_loader=_loader(), network=nets[0],
+        optimizer=torch.optim.Adam(nets[0].parameters(), 1e-3), loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
+        generator=gen, g_optimizer=torch.optim.Adam(gen.parameters(), 1e-3), extra_surrogates=[nets[1]],
+        reinit_every=2, target_ratio=target_ratio, history_file=str(tmp_path / "history.json"),
+    )
+
+
+def test_trainer_stops_when_protected_loss_is_far_below_clean(tmp_path):
+    trainer = _trainer(tmp_path, target_ratio=10.0)  # any first cycle satisfies it
+    trainer.run()
+    assert trainer.state.iteration == 2 and len(trainer.state.learnability) == 1
+    rec = json.loads((tmp_path / "history.json").read_text())["cycles"][0]
+    assert rec["ratio"] == pytest.approx(rec["protected_loss"] / rec["clean_loss"])
+    assert rec["clean_loss"] > 0
+
+
+def test_trainer_runs_to_max_epochs_and_reinitialises_surrogates(tmp_path):
+    trainer = _trainer(tmp_path, target_ratio=0.0, epochs=2)
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(
+        next(e.surrogates[1].parameters()).detach().clone()))
+    trainer.run()
+    assert trainer.state.iteration == 4 and len(trainer.state.learnability) == 2
+    assert len(trainer.surrogates) == 2
+    # iteration 2 ends a cycle: the surrogate after it is a fresh draw, not the one trained for two steps
+    first_after_reset = seen[2]
+    assert not torch.allclose(first_after_reset, seen[1])
+
+
+def test_colour_images_become_luminance_and_colour_masks_are_refused():
+    rgb = torch.rand(6, 5, 3)
+    out = GreyChannelFirstd("image", 2, label_keys="label")({"image": rgb, "label": torch.zeros(6, 5)})
+    assert out["image"].shape == (1, 6, 5) and out["label"].shape == (1, 6, 5)
+    assert torch.allclose(out["image"][0], to_luminance(rgb))
+    with pytest.raises(TrustMonaiError, match="RGB mask"):
+        GreyChannelFirstd("image", 2, label_keys="label")({"image": rgb, "label": torch.zeros(6, 5, 3)})
+
+
+def test_protect_colour_image_changes_every_channel_alike():
+    torch.manual_seed(0)
+    gen = UMedGenerator(2, num_classes=2, channels=(4, 8), strides=(2,))
+    rng = np.random.default_rng(0)
+    image = rng.integers(30, 220, (40, 36, 3)).astype(np.uint8)
+    label = np.zeros((40, 36), np.uint8)
+    label[10:25, 8:20] = 1
+    out, metrics = UMedProtector(gen, num_classes=2).protect(image, label)
+    diff = out.astype(int) - image
+    assert (diff[..., 0] == diff[..., 1]).all() and (diff[..., 1] == diff[..., 2]).all()
+    assert np.abs(diff).max() <= np.floor(metrics["epsilon_native"]) and np.abs(diff).max() > 0
+    assert metrics["changed_outside_region"] == 0
+
+
+def _png_dataset(root, n_train=3, n_test=2, with_fov=True):
+    rng = np.random.default_rng(0)
+    doc = {"labels": {"0": "background", "1": "vessel"}, "training": [], "test": []}
+    for section, n in (("training", n_train), ("test", n_test)):
+        for i in range(n):
+            img = rng.integers(40, 200, (32, 32, 3)).astype(np.uint8)
+            lab = np.zeros((32, 32), np.uint8)
+            lab[8:20, 10:14] = 1
+            img[lab > 0] = 30  # a dark vessel: learnable in one epoch
+            fov = np.zeros((32, 32), np.uint8)
+            fov[2:30, 2:30] = 1
+            e = {}
+            for key, arr in (("image", img), ("label", lab), ("fov", fov)):
+                if key == "fov" and not with_fov:
+                    continue
+                (root / key).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(root / key / f"{section}{i}.png")
+                e[key] = f"{key}/{section}{i}.png"
+            doc[section].append(e)
+    (root / "dataset.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_fov_limits_scoring_to_the_field_of_view(tmp_path):
+    ds = _png_dataset(tmp_path / "ds")
+
+    class Everywhere(torch.nn.Module):  # predicts foreground on every pixel
+        def forward(self, x):
+            return torch.cat([torch.zeros_like(x), torch.ones_like(x)], 1)
+
+    from trust_monai.data import load_datalist
+
+    files = load_datalist(ds, "test", keys=("image", "label", "fov"))
+    inside = score_segmenter(Everywhere(), files, 2, 2, (32, 32))[0]["dice"]
+    outside = score_segmenter(Everywhere(), [{k: v for k, v in f.items() if k != "fov"} for f in files], 2, 2,
+                              (32, 32))[0]["dice"]
+    vessel, fov = 12 * 4, 28 * 28
+    assert inside == pytest.approx(2 * vessel / (vessel + fov), abs=1e-4)
+    assert outside == pytest.approx(2 * vessel / (vessel + 32 * 32), abs=1e-4)
+
+
+def test_victim_study_writes_reliance_and_curves(tmp_path):
+    ds = _png_dataset(tmp_path / "ds")
+    study = VictimStudy(ds, ds, tmp_path / "out", 2, 2, archs=["unet"], epochs=2, patch_size=(32, 32),
+                        batch_size=4, seeds=[0, 1], eval_every=1, progress=False)
+    rows = study.run()
+    assert len(rows) == 4 and {r["seed"] for r in rows} == {0, 1}
+    # the "changed" set is the clean set here: a victim cannot rely on a change that is not there
+    assert all(r["reliance"] == pytest.approx(0.0, abs=1e-9) for r in rows)
+    for name in ("metrics.csv", "metrics.md", "summary.md", "curves.csv", "curves.png", "dice.png"):
+        assert (tmp_path / "out" / name).is_file()
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "dice_std" in summary and summary.count("\n") == 4
