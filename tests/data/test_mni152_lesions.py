@@ -58,7 +58,7 @@ def test_volumes(built):
     step = lesions_mod.DEFAULT_CONTRAST * tpl["brain_range"]
     assert (doc["numTraining"], doc["numTest"]) == (16, 8)
     assert doc["synthetic_lesions"] is True and "SYNTHETIC" in doc["lesion_rule"] and "SYNTHETIC" in doc["description"]
-    assert doc["contrast"] == lesions_mod.DEFAULT_CONTRAST == 0.1 and doc["labels"] == {"0": "background", "1": "lesion"}
+    assert doc["contrast"] == lesions_mod.DEFAULT_CONTRAST == 0.12 and doc["labels"] == {"0": "background", "1": "lesion"}
     split = doc["split"]
     assert split == {k: list(v) for k, v in tpl["split"].items()}
     assert split["training"][1] <= split["gap"][0] and split["gap"][1] <= split["test"][0]
@@ -88,7 +88,7 @@ def test_volumes(built):
             assert abs(diff[~near].std() / sigma - 1) < 0.05 and np.abs(diff[~near]).max() < 6 * sigma
             core = ndimage.binary_erosion(label.astype(bool))
             assert abs(np.abs(diff[core]).mean() / step - 1) < 0.1
-    assert signs == {-1, 1}  # hyper- and hypo-intense lesions both occur
+    assert signs == {1}  # hyperintense lesions only
 
 
 def test_slices_are_the_volumes(built):
@@ -150,7 +150,7 @@ def test_contrast_setting(monkeypatch, built):
     assert not (changed & ~ndimage.binary_dilation(label > 0, structure=np.ones((3, 3, 3)))).any()
 
     marker = (built["mni152_lesions"] / COMPLETE_MARKER).read_text().strip()
-    assert "-contrast0.1-" in marker
+    assert "-contrast0.12-" in marker
     monkeypatch.setenv(lesions_mod.CONTRAST_ENV, "0.3")
     assert lesions_mod.lesion_contrast() == 0.3 and "-contrast0.3-" in lesions_mod.BUILDERS["mni152_lesions"].version()
     for bad in ("0", "-0.1", "1.5", "nan", "strong"):

@@ -274,3 +274,53 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(models, tmp_path, make)
     assert "Traceback" not in proc.stderr
     assert tree_digest(root) == before, "the input is never modified"
     assert case_files(out) == [], "nothing written on bad input"
+
+
+def _photo_folder(dest: Path, n: int = 4) -> Path:
+    """Colour photographs with grey masks beside them (``case_label.png``), as a fundus archive would hold them."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    dest.mkdir(parents=True)
+    for i in range(n):
+        img = rng.integers(60, 200, (48, 40, 3)).astype(np.uint8)
+        lab = np.zeros((48, 40), np.uint8)
+        lab[10 + i:30, 12:20 + i] = 1
+        img[lab > 0] //= 2
+        Image.fromarray(img).save(dest / f"eye{i}.png")
+        Image.fromarray(lab).save(dest / f"eye{i}_label.png")
+    return dest
+
+
+def test_protect_learns_on_the_input_then_protects_in_one_command(tmp_path):
+    """No --ckpt_dir: protect learns the generators on the user's photographs, writes colour PNGs whose three
+    channels carry the same bounded change inside mask + band, and a rerun reuses what it learned; an RGB mask is
+    refused by name while the other cases complete."""
+    from PIL import Image
+
+    photos = _photo_folder(tmp_path / "photos")
+    Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(photos / "eye3_label.png")  # an RGB mask
+    before = tree_digest(photos)
+    out = tmp_path / "shared"
+    tiny = ["--epochs", "1", "--reinit_every", "1", "--patch_size", "[32,32]", "--batch_size", "4"]
+    proc = cli("protect", "--input", str(photos), "--output", str(out), *tiny)
+    assert "1/2 learning the protection" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (out / ".trust_monai" / "models" / "generator_2d.pt").is_file()
+    assert tree_digest(photos) == before
+    cases = {c["output"] or c["input"]: c for c in json.loads((out / "manifest.json").read_text())["cases"]}
+    bad = next(c for k, c in cases.items() if "eye3" in k)
+    assert bad["status"] == "error" and "RGB mask" in bad["error"] and "eye3_label.png" in bad["error"]
+    assert not (out / "eye3.png").exists()
+    for i in range(3):
+        a = np.asarray(Image.open(photos / f"eye{i}.png")).astype(int)
+        b = np.asarray(Image.open(out / f"eye{i}.png")).astype(int)
+        d = b - a
+        assert b.shape == a.shape and (d[..., 0] == d[..., 1]).all() and (d[..., 0] == d[..., 2]).all()
+        assert 0 < np.abs(d).max() <= np.floor(cases[f"eye{i}.png"]["metrics"]["epsilon_native"])
+        lab = np.asarray(Image.open(photos / f"eye{i}_label.png")) > 0
+        from scipy.ndimage import binary_dilation
+
+        assert not d[~binary_dilation(lab, structure=np.ones((5, 5)))].any()
+    assert proc.returncode != 0  # one case failed, and the run says so
+    rerun = cli("protect", "--input", str(photos), "--output", str(out), *tiny)
+    assert "using the generators in" in rerun.stdout and "1/2 learning" not in rerun.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from typing import Sequence
 
 __all__ = ["segmentation_transforms"]
@@ -44,6 +46,9 @@ def segmentation_transforms(
     )
 
     from ..transforms.intensity import GreyChannelFirstd, ScanNormalized
+
+    # every new loader re-announces that no GPU DICOM codec exists; once per run is plenty (it is not an error)
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")

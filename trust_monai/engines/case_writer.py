@@ -34,8 +34,9 @@ def read_case_label(entry: dict, image, meta, method: str):
     if not isinstance(label_path, str):
         raise CaseError(f"{entry.get('image')}: {method} needs a label mask for every case (datalist 'label')")
     label, lmeta = read_image(label_path)
-    spatial = image.shape[:-1] if image.ndim == label.ndim + 1 and image.shape[-1] in (3, 4) else image.shape
-    if label.ndim == len(spatial) + 1 and label.shape[-1] in (3, 4) and label.shape[:-1] == spatial:
+    # a PNG's third axis is colour, never space: a colour photograph is fine, a colour mask is not
+    spatial = image.shape[:-1] if meta.format == "png" and image.ndim == 3 else image.shape
+    if lmeta.format == "png" and label.ndim == 3:
         raise CaseError(f"{label_path}: mask has {label.shape[-1]} colour channels (an RGB mask?); save one class "
                         "index per pixel as a grey image")
     if label.shape != spatial:

@@ -58,7 +58,9 @@ def train_segmenter(
     device = torch.device(device)
     xform = segmentation_transforms(spatial_dims, patch_size, train=True, num_samples=num_samples)
     loader = DataLoader(Dataset(list(files), xform), batch_size=max(1, batch_size // num_samples), shuffle=True)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    # batch Dice (one Dice over the whole batch, as nnU-Net does): patches without foreground then cannot pull a
+    # small-structure segmenter into predicting background everywhere
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     opt = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-5)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
     network.to(device).train()
@@ -198,6 +200,7 @@ class VictimStudy:
 
     def run(self) -> list[dict]:
         from monai.utils import set_determinism
+        from tqdm.auto import tqdm
 
         test = self._files(self.clean_dir, "test")
         train_sets = {"clean": self._files(self.clean_dir, "training"), self.label: self._files(self.changed_dir, "training")}
@@ -212,6 +215,8 @@ class VictimStudy:
                         if self.eval_every and (epoch % self.eval_every == 0 or epoch == self.epochs):
                             curves.append({"victim": tag[0], "seed": tag[1], "trained_on": tag[2], "epoch": epoch,
                                            "train_loss": loss, "test_dice": self._dice(net, test)})
+                            tqdm.write(f"[victim] {tag[0]} seed {tag[1]} on {tag[2]}: epoch {epoch} loss {loss:.4f} "
+                                       f"held-out Dice {curves[-1]['test_dice']:.4f}")
 
                     losses = train_segmenter(
                         net, files, self.spatial_dims, self.epochs, self.patch_size, self.batch_size, lr=self.lr,

@@ -50,6 +50,7 @@ class UMedGenerator(nn.Module):
         channels / strides: the two small U-Nets' widths and down-sampling.
         pattern_size: period of the class code in voxels (0 disables it: generators only).
         code_init: magnitude of the initial code (its sign pattern is random per class, from a fixed seed).
+        antipodal: background's code is the negative of class 1's (else an independent random pattern).
 
     Shapes:
         ``forward(image, label)``: image (B, C, *spatial) in [0, 1], label (B, 1, *spatial) integer class map
@@ -69,6 +70,7 @@ class UMedGenerator(nn.Module):
         strides=(2, 2),
         pattern_size: int = 4,
         code_init: float = 1.5,
+        antipodal: bool = True,
     ) -> None:
         super().__init__()
         self.spatial_dims, self.in_channels, self.num_classes = spatial_dims, in_channels, int(num_classes)
@@ -87,6 +89,9 @@ class UMedGenerator(nn.Module):
             g = torch.Generator().manual_seed(1234)
             shape = (self.num_classes, in_channels) + (self.pattern_size,) * spatial_dims
             signs = torch.randint(0, 2, shape, generator=g).float() * 2 - 1
+            if antipodal and self.num_classes > 1:
+                # background gets the negative of class 1's code: the two codes differ at every voxel, not at half
+                signs[0] = -signs[1]
             self.class_patterns = nn.Parameter(float(code_init) * signs)
 
     def budget(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,44 @@ from monai.utils import CommonKeys as Keys
 
 from ..transforms.roi import contour_band
 
-__all__ = ["UMedTrainer", "UMedProtector", "SampleWiseProtector", "samplewise_noise_data"]
+__all__ = ["UMedTrainer", "UMedProtector", "SampleWiseProtector", "samplewise_noise_data", "usable_cases"]
+
+
+def usable_cases(files: Sequence[dict], num_classes: int | None = None) -> list[dict]:
+    """The training cases the generators can learn from; each other case gets one line naming its file and why.
+
+    A case is skipped when its mask cannot be read against its image (other shape or geometry, colour channels), has
+    no foreground, or holds labels outside ``0..num_classes-1``. Skipping here keeps one bad case from stopping the
+    learning; the protect step reports the same case as failed, and the rest of the dataset is still written.
+
+    Raises:
+        TrustMonaiError: no usable case is left.
+    """
+    import numpy as np
+
+    from ..data.io import read_image
+    from ..engines.case_writer import read_case_label
+    from ..errors import CaseError, InputFileError, TrustMonaiError
+
+    kept = []
+    for entry in files:
+        try:
+            image, meta = read_image(entry["image"])
+            label, label_path = read_case_label(entry, image, meta, "UMed")
+            if not (label > 0).any():
+                raise CaseError(f"{label_path}: mask has no foreground; nothing to learn from (the case is copied as is)")
+            if label.min() < 0 or (num_classes is not None and label.max() >= num_classes):
+                raise CaseError(f"{label_path}: label values {int(label.min())}..{int(label.max())} outside "
+                                f"0..{num_classes - 1}")
+            if not np.isfinite(np.asarray(image, dtype=np.float64)).all():
+                raise CaseError(f"{entry['image']}: image has NaN or Inf voxels")
+        except (CaseError, InputFileError) as e:
+            print(f"[umed] skipping {e}")
+            continue
+        kept.append(entry)
+    if not kept:
+        raise TrustMonaiError("no training case has a usable mask (see the lines above); nothing to learn from")
+    return kept
 
 
 def _reinitialise(net: torch.nn.Module) -> None:

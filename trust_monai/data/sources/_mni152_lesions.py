@@ -2,16 +2,17 @@
 
 The anatomy is real, the lesions are not: each case is one axial slab of the template (the same training / test slabs
 as ``mni152_tissue``, see ``_mni152.slab_split``) with 1-4 blobs added inside the brain mask. A blob is an ellipsoid
-with random orientation and semi-axes of 2-8 voxels at 2 mm (4-16 mm, so the size in mm is kept at 1 mm), its radius
+with random orientation and semi-axes of 3-10 voxels at 2 mm (6-20 mm, so the size in mm is kept at 1 mm), its radius
 in each direction scaled by 1 +- 0.3 x smoothed random noise so that no two are alike, put at a random place where it
 fits (shrunk by steps of 0.8 only where it fits nowhere, as a large blob may not in the thin superior slab). Its
 intensity change is ``contrast`` x the brain's intensity range (max - min of the T1 inside the brain mask), brighter
-or darker at random, ramped linearly over a 1-voxel edge; the label is 1 where the voxel centre lies inside the
+(hyperintense, as lesions appear on FLAIR or contrast-enhanced T1; a darker blob reads as CSF and was not learnable
+by a clean victim in 1850 iterations), ramped linearly over a 1-voxel edge; the label is 1 where the voxel centre lies inside the
 blob's surface (weight > 0.5). Blobs never touch each other, the brain's edge or the slab's ends. Every case also
 gets Gaussian noise of sigma 1% of the brain range over the whole volume, so cases differ outside the lesions too.
 
-The default contrast, 0.10, is 10 x the noise and about 3 x the spread of the template inside white matter, but a
-third of the grey / white matter difference (0.28 of the range at 2 mm): a visible yet subtle lesion.
+The default contrast, 0.12, is 12 x the noise and about 3.5 x the spread of the template inside white matter, but
+under half of the grey / white matter difference (0.28 of the range at 2 mm): a visible yet subtle lesion.
 ``$TRUST_MONAI_LESION_CONTRAST`` changes it, to sweep how faint a lesion a model still finds. Case ``i`` draws
 everything from ``numpy.random.default_rng([SEED, i])``, so a build is reproducible, and the 2D dataset holds axial
 slices of exactly the 3D cases.
@@ -59,12 +60,12 @@ __all__ = [
 ]
 
 CONTRAST_ENV = "TRUST_MONAI_LESION_CONTRAST"
-DEFAULT_CONTRAST = 0.10  # intensity change as a fraction of the brain's intensity range (see module docstring)
+DEFAULT_CONTRAST = 0.12  # intensity change as a fraction of the brain's intensity range (see module docstring)
 LABELS = {"0": "background", "1": "lesion"}
 N_CASES = {"training": 16, "test": 8}
 SEED = 152
 MAX_LESIONS = 4
-RADIUS_MM = (4.0, 16.0)  # semi-axes: 2-8 voxels at 2 mm
+RADIUS_MM = (6.0, 20.0)  # semi-axes: 3-10 voxels at 2 mm
 SHAPE_JITTER = 0.3  # radius per direction scaled by 1 + SHAPE_JITTER * noise, noise in [-1, 1]
 EDGE_VOXELS = 1.0  # width of the linear intensity ramp across the lesion surface
 NOISE_FRACTION = 0.01  # sigma of the per-case Gaussian noise, as a fraction of the brain's intensity range
@@ -174,7 +175,7 @@ def lesion_case(t1, mask, brain_range: float, index: int, contrast: float, resol
     for _ in range(int(rng.integers(1, MAX_LESIONS + 1))):
         radii = rng.uniform(*RADIUS_MM, size=3) / resolution
         rot = _rotation(rng)
-        sign = int(rng.choice([-1, 1]))
+        sign = 1  # hyperintense, as lesions are on FLAIR or contrast-enhanced T1 (a dark one reads as CSF)
         while True:  # shrunk by 0.8 only when this blob fits nowhere (a large one in the thin superior slab)
             weight, inside = _blob(radii, rot, rng)
             # changed voxels plus a 1-voxel margin
@@ -321,7 +322,7 @@ def _build(out: Path, resolution: int, info: DatasetInfo, two_d: bool) -> None:
     lesion_rule = (
         f"SYNTHETIC lesions: 1-{MAX_LESIONS} per case, ellipsoids with random orientation and semi-axes "
         f"{RADIUS_MM[0]:g}-{RADIUS_MM[1]:g} mm, radius per direction scaled by 1 +- {SHAPE_JITTER} x smoothed noise, "
-        f"inside the brain mask; intensity change contrast x brain range, random sign, {EDGE_VOXELS:g}-voxel linear "
+        f"inside the brain mask; intensity change contrast x brain range, brighter, {EDGE_VOXELS:g}-voxel linear "
         f"edge; label 1 where the voxel centre is inside the blob (weight > 0.5). Gaussian noise sigma "
         f"{NOISE_FRACTION} x brain range over every volume. Case i is drawn from numpy default_rng([{SEED}, i])."
     )
@@ -346,7 +347,7 @@ def _build(out: Path, resolution: int, info: DatasetInfo, two_d: bool) -> None:
 
 def _version(two_d: bool) -> str:
     return (
-        f"mni152_lesions{'_2d' if two_d else ''}-1-res{mni152_resolution()}-contrast{lesion_contrast()!r}"
+        f"mni152_lesions{'_2d' if two_d else ''}-2-res{mni152_resolution()}-contrast{lesion_contrast()!r}"
         f"-nilearn{dist_version('nilearn')}-scipy{dist_version('scipy')}-numpy{dist_version('numpy')}"
     )
 
