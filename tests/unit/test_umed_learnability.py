@@ -41,14 +41,22 @@ def test_untrained_generator_is_a_class_code_using_the_whole_budget(spatial_dims
     band, region = contour_band(label, gen.band_width)
     assert delta.abs().max() <= EPS + 1e-7
     assert (delta[region == 0] == 0).all()
-    inside = delta[(region > 0)]
-    # texture_floor=1: flat interior voxels get the whole budget, not a quarter of it
-    assert inside.abs().mean() > 0.6 * EPS
-    # the code is painted by the label: every foreground voxel at the same pattern position carries the same sign
+    # the default texture code: background (its band part included) untouched, the foreground a checkerboard at
+    # tanh(1.5) of the whole budget (texture_floor=1: flat voxels get it all, not a quarter)
     fg = label > 0
+    assert (delta[(region > 0) & ~fg] == 0).all()
+    assert delta[fg].abs().min() > 0.9 * EPS
     code = gen.class_pattern(torch.cat([1 - label, label], 1))
-    agree = (torch.sign(delta) == torch.sign(code))[fg].float().mean()
-    assert agree > 0.95
+    assert (torch.sign(delta) == torch.sign(code))[fg].all()
+    grid = torch.stack(torch.meshgrid(*[torch.arange(s) for s in shape], indexing="ij")).sum(0)
+    assert (torch.sign(delta[0, 0])[fg[0, 0]] == (1 - 2 * (grid % 2))[fg[0, 0]]).all()
+
+
+@parameterized.expand([("antipodal",), ("random",)])
+def test_random_codes_are_fixed_sign_tiles(code):
+    a = UMedGenerator.initial_code(code, 3, 1, 4, 2)
+    assert a.abs().eq(1).all() and torch.equal(a, UMedGenerator.initial_code(code, 3, 1, 4, 2))
+    assert torch.equal(a[0], -a[1]) == (code == "antipodal")
 
 
 def test_code_free_generator_and_texture_scaling_keep_the_budget():

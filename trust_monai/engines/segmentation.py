@@ -159,6 +159,8 @@ class VictimStudy:
         seeds: one victim per seed (``seed`` alone when None).
         eval_every: epochs between held-out scores for the curve (0: final score only).
         label: name of the changed data in the report ("protected", "purified").
+        train_on: which training sets get victims, among ``clean`` and ``label`` (both by default; the changed set
+            alone when sweeping a budget against one clean baseline). Reliance is scored for every victim.
     """
 
     def __init__(
@@ -180,6 +182,7 @@ class VictimStudy:
         progress: bool = True,
         seeds: Sequence[int] | None = None,
         eval_every: int = 0,
+        train_on: Sequence[str] | None = None,
     ) -> None:
         self.clean_dir, self.changed_dir, self.output_dir = Path(clean_dir), Path(changed_dir), Path(output_dir)
         self.spatial_dims, self.num_classes, self.archs = spatial_dims, num_classes, list(archs)
@@ -187,6 +190,7 @@ class VictimStudy:
         self.max_cases, self.device, self.label, self.progress = max_cases, device, label, progress
         self.seeds = [int(seed)] if seeds is None else [int(s) for s in seeds]
         self.eval_every = int(eval_every)
+        self.train_on = ["clean", label] if train_on is None else list(train_on)
 
     def _files(self, root: Path, section: str) -> list[dict]:
         from ..data.datalist import load_datalist
@@ -208,6 +212,8 @@ class VictimStudy:
         for arch in self.archs:
             for seed in self.seeds:
                 for data_name, files in train_sets.items():
+                    if data_name not in self.train_on:
+                        continue
                     set_determinism(seed)
                     net = victim_network(arch, self.spatial_dims, 1, self.num_classes)
 

@@ -33,7 +33,8 @@ class UMedGenerator(nn.Module):
     mask (``texture_floor=1``, the default, gives every ROI voxel the whole budget), 0 elsewhere; so ``|delta| <= eps``
     everywhere and ``delta == 0`` exactly outside mask + band, whatever the generators output.
 
-    The class code is the shortcut: each class owns a small periodic pattern, painted by the label map. It starts
+    The class code is the shortcut: each class owns a small periodic pattern, painted by the label map (by default
+    a fine grating on the foreground classes and nothing on background, see :meth:`initial_code`). It starts
     saturated (``tanh(code_init) ~ 0.9`` of the budget), so even an untrained generator hands a victim a label cue that
     is easier to learn than anatomy whose contrast is comparable to the budget. The two image-conditioned U-Nets shape
     it per image (the contour one can also lower the true boundary contrast inside the band); each enters through a
@@ -49,8 +50,8 @@ class UMedGenerator(nn.Module):
             budget with local texture (flat tissue then gets ``floor * eps``).
         channels / strides: the two small U-Nets' widths and down-sampling.
         pattern_size: period of the class code in voxels (0 disables it: generators only).
-        code_init: magnitude of the initial code (its sign pattern is random per class, from a fixed seed).
-        antipodal: background's code is the negative of class 1's (else an independent random pattern).
+        code_init: magnitude of the initial code.
+        code: the code's starting pattern, ``texture`` | ``antipodal`` | ``random`` (see :meth:`initial_code`).
 
     Shapes:
         ``forward(image, label)``: image (B, C, *spatial) in [0, 1], label (B, 1, *spatial) integer class map
@@ -68,9 +69,9 @@ class UMedGenerator(nn.Module):
         texture_floor: float = 1.0,
         channels=(16, 32, 64),
         strides=(2, 2),
-        pattern_size: int = 4,
+        pattern_size: int = 2,
         code_init: float = 1.5,
-        antipodal: bool = True,
+        code: str = "texture",
     ) -> None:
         super().__init__()
         self.spatial_dims, self.in_channels, self.num_classes = spatial_dims, in_channels, int(num_classes)
@@ -84,15 +85,37 @@ class UMedGenerator(nn.Module):
         self.gates = nn.Parameter(torch.zeros(2))
         self.pattern_size = int(pattern_size)
         if self.pattern_size > 0:
-            # fixed seed: the initial code is part of the method, not of the run's randomness; +-1 signs so every
-            # voxel of the code starts with the same magnitude (a Gaussian start leaves near-zero voxels)
-            g = torch.Generator().manual_seed(1234)
-            shape = (self.num_classes, in_channels) + (self.pattern_size,) * spatial_dims
-            signs = torch.randint(0, 2, shape, generator=g).float() * 2 - 1
-            if antipodal and self.num_classes > 1:
-                # background gets the negative of class 1's code: the two codes differ at every voxel, not at half
-                signs[0] = -signs[1]
-            self.class_patterns = nn.Parameter(float(code_init) * signs)
+            self.class_patterns = nn.Parameter(
+                float(code_init) * self.initial_code(code, self.num_classes, in_channels, self.pattern_size, spatial_dims)
+            )
+
+    @staticmethod
+    def initial_code(code: str, num_classes: int, in_channels: int, period: int, spatial_dims: int) -> torch.Tensor:
+        """The code's starting sign pattern, (K, C, *[period] * spatial_dims) in {-1, 0, 1}.
+
+        ``texture`` (default): background 0 (no change); class k >= 1 a +-1 grating at the highest frequency the
+        period allows, a checkerboard for class 1 and stripes along axis k - 2 for the next classes. A victim's
+        random crops and flips move a pattern's phase, so a class cue must be *translation-invariant*: "fine texture
+        here" is, and it is visible in a vessel one voxel wide, where a random tile is cut to a sliver.
+        ``antipodal``: a random +-1 tile for class 1 and its negative for background (other classes random).
+        ``random``: an independent random +-1 tile per class. Both random codes come from a fixed seed: the code is
+        part of the method, not of the run's randomness.
+        """
+        shape = (num_classes, in_channels) + (period,) * spatial_dims
+        if code == "texture":
+            grid = torch.stack(torch.meshgrid(*[torch.arange(period)] * spatial_dims, indexing="ij"))
+            out = torch.zeros(shape)
+            for k in range(1, num_classes):
+                parity = grid.sum(0) if k == 1 else grid[(k - 2) % spatial_dims]
+                out[k] = (1 - 2 * (parity % 2)).float()
+            return out
+        if code not in ("antipodal", "random"):
+            raise ValueError(f"code must be 'texture', 'antipodal' or 'random', got {code!r}")
+        g = torch.Generator().manual_seed(1234)
+        signs = torch.randint(0, 2, shape, generator=g).float() * 2 - 1
+        if code == "antipodal" and num_classes > 1:
+            signs[0] = -signs[1]
+        return signs
 
     def budget(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(band, texture_weight_inside_roi)``, each (B, 1, *spatial); their sum is the budget weight ``w``."""

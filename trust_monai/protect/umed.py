@@ -325,6 +325,11 @@ class UMedProtector:
                 out = np.clip(out, info.min, info.max)
             out = out.astype(image_np.dtype)
         else:
+            # a change of exactly eps would round past it in the file's float type about half the time; two units in
+            # the last place of margin keep a full-budget change inside the bound after storage
+            ulp = float(np.finfo(image_np.dtype).eps) * float(np.abs(image_np).max()) if image_np.dtype.kind == "f" else 0
+            limit = max(eps_native - 2 * ulp, 0.0)
+            change = np.clip(change, -limit, limit)
             out = (image_np.astype(np.float64) + change).astype(image_np.dtype)
             # storing in the file's float type rounds; on a near-constant scan (tiny window) that rounding alone can
             # exceed the budget, so such voxels keep their original value: the bound is a guarantee, not a target
