@@ -101,7 +101,7 @@ class UMedTrainer(SupervisedTrainer):
         g_steps: int = 1,
         extra_surrogates: Sequence[torch.nn.Module] = (),
         reinit_every: int = 0,
-        target_ratio: float = 0.3,
+        target_ratio: float = 0.85,
         history_file: str | None = None,
         **kwargs: Any,
     ) -> None:
