@@ -27,7 +27,7 @@ from ._common import (
     write_nifti,
 )
 
-__all__ = ["RESOLUTION_ENV", "LABELS", "mni152_resolution", "tissue_label", "slab_split", "BUILDERS"]
+__all__ = ["RESOLUTION_ENV", "LABELS", "mni152_resolution", "load_template", "tissue_label", "slab_split", "BUILDERS"]
 
 RESOLUTION_ENV = "TRUST_MONAI_MNI152_RESOLUTION"
 LABELS = {"0": "background", "1": "other_brain", "2": "grey_matter", "3": "white_matter"}
@@ -104,7 +104,8 @@ def _locate() -> int:
     return mni152_resolution()
 
 
-def _build(out: Path, resolution: int, info: DatasetInfo, two_d: bool) -> None:
+def load_template(resolution: int):
+    """nilearn's MNI152 2009a images on one grid: ``(affine, t1 float32, brain mask, GM map, WM map)`` as arrays."""
     import numpy as np
     from nilearn import datasets
 
@@ -122,7 +123,14 @@ def _build(out: Path, resolution: int, info: DatasetInfo, two_d: bool) -> None:
         if img.shape != images[0].shape or not np.allclose(img.affine, affine):
             raise TrustMonaiError("nilearn's MNI152 template, mask and tissue maps are not on one grid")
     t1 = np.asarray(images[0].get_fdata(dtype=np.float32))
-    label = tissue_label(images[1].get_fdata(), images[2].get_fdata(), images[3].get_fdata())
+    return affine, t1, np.asarray(images[1].dataobj), images[2].get_fdata(), images[3].get_fdata()
+
+
+def _build(out: Path, resolution: int, info: DatasetInfo, two_d: bool) -> None:
+    import numpy as np
+
+    affine, t1, brain, gm, wm = load_template(resolution)
+    label = tissue_label(brain, gm, wm)
     spacing_z = float(np.linalg.norm(affine[:3, 2]))
     split = slab_split(label, spacing_z)
 

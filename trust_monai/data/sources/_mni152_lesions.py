@@ -42,6 +42,7 @@ from ._mni152 import (
     MIN_GAP_MM,
     MIN_GAP_SLICES,
     TEST_FRACTION,
+    load_template,
     mni152_resolution,
     slab_split,
     tissue_label,
@@ -222,25 +223,11 @@ def template(resolution: int) -> dict:
         are read-only.
     """
     import numpy as np
-    from nilearn import datasets
 
-    images = [
-        load(resolution=resolution)
-        for load in (
-            datasets.load_mni152_template,
-            datasets.load_mni152_brain_mask,
-            datasets.load_mni152_gm_template,
-            datasets.load_mni152_wm_template,
-        )
-    ]
-    affine = np.asarray(images[0].affine, dtype=np.float64)
-    for img in images[1:]:
-        if img.shape != images[0].shape or not np.allclose(img.affine, affine):
-            raise TrustMonaiError("nilearn's MNI152 template, mask and tissue maps are not on one grid")
-    t1 = np.asarray(images[0].get_fdata(dtype=np.float32))
-    mask = np.asarray(images[1].dataobj) > 0
+    affine, t1, brain, gm, wm = load_template(resolution)
+    mask = brain > 0
     # the tissue label only serves to find the same slabs as mni152_tissue
-    tissue = tissue_label(mask, images[2].get_fdata(), images[3].get_fdata())
+    tissue = tissue_label(mask, gm, wm)
     split = slab_split(tissue, float(np.linalg.norm(affine[:3, 2])))
     room = {key: brain_room(mask[..., a:b]) for key, (a, b) in split.items() if key != "gap"}
     for array in (affine, t1, mask, *room.values()):
