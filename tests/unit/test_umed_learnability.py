@@ -183,7 +183,8 @@ def test_victim_study_writes_reliance_and_curves(tmp_path):
     assert len(rows) == 4 and {r["seed"] for r in rows} == {0, 1}
     # the "changed" set is the clean set here: a victim cannot rely on a change that is not there
     assert all(r["reliance"] == pytest.approx(0.0, abs=1e-9) for r in rows)
-    for name in ("metrics.csv", "metrics.md", "summary.md", "curves.csv", "curves.png", "dice.png"):
+    for name in ("metrics.csv", "metrics.md", "summary.md", "curves.csv", "curves.png", "dice.png", "per_case.csv"):
         assert (tmp_path / "out" / name).is_file()
+    assert (tmp_path / "out" / "per_case.csv").read_text().count("\n") == 1 + 4 * 2  # 4 victims x 2 test cases
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "dice_std" in summary and summary.count("\n") == 4

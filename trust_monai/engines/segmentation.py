@@ -151,7 +151,7 @@ class VictimStudy:
         clean_dir: the original dataset folder (its ``test`` split is the clean held-out set).
         changed_dir: the protected (or purified) copy with the same datalist.
         output_dir: where ``metrics.csv`` / ``.md`` (one row per victim), ``summary.csv`` / ``.md`` (mean and sample
-            std over seeds), ``curves.csv``, ``curves.png`` and ``dice.png`` go.
+            std over seeds), ``per_case.csv`` (each held-out case), ``curves.csv``, ``curves.png`` and ``dice.png`` go.
         spatial_dims / num_classes: of the data.
         archs: victim architectures (see :func:`victim_network`).
         epochs, patch_size, batch_size, lr: victim training settings.
@@ -208,7 +208,7 @@ class VictimStudy:
 
         test = self._files(self.clean_dir, "test")
         train_sets = {"clean": self._files(self.clean_dir, "training"), self.label: self._files(self.changed_dir, "training")}
-        results, curves = [], []
+        results, curves, per_case = [], [], []
         for arch in self.archs:
             for seed in self.seeds:
                 for data_name, files in train_sets.items():
@@ -230,6 +230,7 @@ class VictimStudy:
                         on_epoch=on_epoch,
                     )
                     rows = score_segmenter(net, test, self.spatial_dims, self.num_classes, self.patch_size, self.device)
+                    per_case += [{"victim": arch, "seed": seed, "trained_on": data_name, **r} for r in rows]
                     with_change = self._dice(net, train_sets[self.label])
                     without = self._dice(net, train_sets["clean"])
                     results.append({
@@ -247,7 +248,7 @@ class VictimStudy:
                     r = results[-1]
                     print(f"[victim] {arch:9s} seed {seed} trained on {data_name:9s}: Dice {r['dice']:.4f}  "
                           f"HD95 {r['hd95']:.2f}  reliance {r['reliance']:+.4f}")
-        self.write(results, curves)
+        self.write(results, curves, per_case)
         return results
 
     def summary(self, results: list[dict]) -> list[dict]:
@@ -263,10 +264,12 @@ class VictimStudy:
             out.append(row)
         return out
 
-    def write(self, results: list[dict], curves: Sequence[dict] = ()) -> None:
-        """Tables (CSV + Markdown), the curve and the bar chart into ``output_dir`` (atomic writes)."""
+    def write(self, results: list[dict], curves: Sequence[dict] = (), per_case: Sequence[dict] = ()) -> None:
+        """Tables (CSV + Markdown), the curve, per-case scores and the bar chart into ``output_dir`` (atomic)."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         _table(results, self.output_dir / "metrics")
+        if per_case:  # one row per held-out case and victim: which subjects the protection holds on
+            _table(list(per_case), self.output_dir / "per_case", markdown=False)
         _table(self.summary(results), self.output_dir / "summary")
         if curves:
             _table(list(curves), self.output_dir / "curves", markdown=False)
