@@ -41,8 +41,12 @@ def before_after_png(clean_dir, changed_dir, path, section: str = "training", n:
         rel = Path(entry["image"]).resolve().relative_to(Path(clean_dir).resolve())
         if (changed_root / rel).exists():
             pairs.append((entry, changed_root / rel))
-    # evenly spaced through the list: the first cases of a slice dataset are edge slices with little to see
-    rows = [pairs[int(i)] for i in np.unique(np.linspace(0, len(pairs) - 1, min(n, len(pairs))).round())] if pairs else []
+    # evenly spaced through the list (the first cases of a slice dataset are edge slices with little to see), and
+    # only cases whose mask has foreground when there are enough: an empty mask means an unchanged case
+    order = [int(i) for i in np.unique(np.linspace(0, len(pairs) - 1, min(4 * n, len(pairs))).round())] if pairs else []
+    with_fg = [i for i in order if isinstance(pairs[i][0].get("label"), str) and (read_image(pairs[i][0]["label"])[0] > 0).any()]
+    picked = with_fg if len(with_fg) >= min(n, len(order)) else order
+    rows = [pairs[i] for i in picked[:: max(1, len(picked) // n)][:n]]
     if not rows:
         return None
     fig, axes = plt.subplots(len(rows), 3, figsize=(8.4, 2.8 * len(rows)), squeeze=False)
