@@ -175,7 +175,7 @@ class UMedTrainer(SupervisedTrainer):
             loss.backward()
             opt.step()
             preds.append(pred.detach())
-            total += float(loss)
+            total += float(loss.detach())
         return preds[0], total / len(self.surrogates)
 
     def _iteration(self, engine: "UMedTrainer", batchdata: dict[str, torch.Tensor]) -> dict:
