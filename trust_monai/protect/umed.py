@@ -133,10 +133,12 @@ class UMedTrainer(SupervisedTrainer):
 
     def _measure_clean_reference(self, engine: "UMedTrainer") -> None:
         """Loss of fresh surrogates after ``reinit_every`` steps on clean data: the ratio's denominator."""
+        from tqdm.auto import trange
+
         losses: list[float] = []
         self._reset_surrogates()
         batches = iter(engine.data_loader)
-        for _ in range(self.reinit_every):
+        for _ in trange(self.reinit_every, desc="clean reference (fresh surrogates on clean data)", leave=False):
             try:
                 batchdata = next(batches)
             except StopIteration:
