@@ -90,6 +90,8 @@ def write(rows: list[dict], out: Path) -> None:
             ax.axhline(clean[0], ls="--", color=line[0].get_color(), label=f"{victim}, trained on clean")
     ax.axhline(0.15, ls=":", color="grey", label="bar 0.15")
     ax.set_xscale("log", base=2)
+    ticks = sorted({r["epsilon_255"] for r in rows if r["trained_on"] != "clean"})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.set_xlabel("epsilon (/255 of the window)")
     ax.set_ylabel("Dice on clean held-out cases")
     ax.set_ylim(0, 1)
