@@ -279,19 +279,25 @@ class MLPWithAdapters(nn.Module):
         return self.mlp(x) + self.adapters(x)
 
 
-def build_vit(backbone: str = "vit_tiny_patch16_224", pretrained_file: str | None = None, **kwargs) -> nn.Module:
+def build_vit(backbone: str = "vit_tiny_patch16_224", pretrained_file: str | None = None,
+              pretrained: str | None = None, **kwargs) -> nn.Module:
     """A timm ``VisionTransformer`` built locally (never downloads); ``pretrained_file`` loads a local state dict.
 
     Args:
         backbone: timm model name giving the architecture (``vit_base_patch16_224`` for ViT-B/16).
         pretrained_file: a local ``.pt`` / ``.pth`` / ``.safetensors`` state dict of that backbone; a head or
             position embedding of another size is re-made by timm's loader (``num_classes``, ``img_size``).
+        pretrained: a weights source of :mod:`trust_monai.weights` (``"dinov2_vits14"``), converted once from the
+            package that carries it and cached; every backbone key must load (only the new head is left out).
+            Ignored when ``pretrained_file`` is given.
         kwargs: timm overrides (``img_size``, ``patch_size``, ``in_chans``, ``num_classes``, ``embed_dim``, ``depth``,
             ``num_heads`` ...); ``None`` values are dropped.
     """
     import timm
 
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if pretrained and not pretrained_file:
+        return _from_weights_source(backbone, pretrained, kwargs)
     if pretrained_file:
         from pathlib import Path
 
@@ -312,6 +318,28 @@ def build_vit(backbone: str = "vit_tiny_patch16_224", pretrained_file: str | Non
             raise InputFileError(pretrained_file, f"cannot load as {backbone} weights: {type(e).__name__}: "
                                                   f"{text[:200]}") from e
     return timm.create_model(backbone, pretrained=False, **kwargs)
+
+
+def _from_weights_source(backbone: str, name: str, kwargs: dict) -> nn.Module:
+    """``backbone`` with the registry weights ``name`` loaded: every backbone key present, only the head missing."""
+    import timm
+
+    from ..weights import weights_file, weights_info
+
+    info = weights_info(name)
+    if backbone != info.architecture:
+        raise TrustMonaiError(f"pretrained weights {name!r} are for backbone {info.architecture!r}, not {backbone!r}")
+    for k, v in info.timm_kwargs.items():
+        if k != "num_classes" and kwargs.get(k, v) != v:
+            raise TrustMonaiError(f"pretrained weights {name!r} were converted for {k}={v}, got {k}={kwargs[k]}")
+    state = torch.load(weights_file(name), map_location="cpu", weights_only=True)
+    net = timm.create_model(backbone, pretrained=False, **{**info.timm_kwargs, **kwargs})
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    head = {n for n, _ in net.get_classifier().named_parameters(prefix="head")} if kwargs.get("num_classes") else set()
+    if unexpected or set(missing) - head:
+        raise TrustMonaiError(f"pretrained weights {name!r} do not fit {backbone} with {kwargs}: missing "
+                              f"{sorted(set(missing) - head)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    return net
 
 
 class MoEViT(nn.Module):
@@ -336,6 +364,11 @@ class MoEViT(nn.Module):
         noisy_gating: noisy top-k routing while training.
         dense: run all experts densely (benchmark baseline; same outputs as sparse routing).
         pretrained_file: local backbone state dict (see :func:`build_vit`); random init when ``None``.
+        pretrained: a weights source of :mod:`trust_monai.weights` (``"dinov2_vits14"``: DINOv2 ViT-S/14 at 224,
+            ``backbone="vit_small_patch14_dinov2"``, ``patch_size=14``); inputs are then normalised with the source's
+            mean and std unless ``input_mean`` / ``input_std`` say otherwise.
+        input_mean, input_std: per-channel normalisation applied to the [0, 1] input inside ``forward`` (``None``:
+            the pretrained source's, or none).
         freeze_backbone: freeze every backbone weight except the new head.
     """
 
@@ -358,14 +391,28 @@ class MoEViT(nn.Module):
         noisy_gating: bool = True,
         dense: bool = False,
         pretrained_file: str | None = None,
+        pretrained: str | None = None,
+        input_mean: Sequence[float] | None = None,
+        input_std: Sequence[float] | None = None,
         freeze_backbone: bool = True,
     ):
         super().__init__()
         self.vit = build_vit(
-            backbone, pretrained_file, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+            backbone, pretrained_file, pretrained, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
             num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
         )
         self.img_size, self.in_chans = int(img_size), int(in_chans)
+        if pretrained and input_mean is None and input_std is None:
+            from ..weights import weights_info
+
+            info = weights_info(pretrained)
+            input_mean, input_std = info.mean[:in_chans] if in_chans < 3 else info.mean, \
+                info.std[:in_chans] if in_chans < 3 else info.std
+        mean = torch.zeros(in_chans) if input_mean is None else torch.as_tensor(input_mean, dtype=torch.float32)
+        std = torch.ones(in_chans) if input_std is None else torch.as_tensor(input_std, dtype=torch.float32)
+        # buffers (not parameters): they move with .to(device) and stay out of the state dict's trainable part
+        self.register_buffer("input_mean", mean.reshape(1, -1, 1, 1).expand(1, in_chans, 1, 1).clone(), False)
+        self.register_buffer("input_std", std.reshape(1, -1, 1, 1).expand(1, in_chans, 1, 1).clone(), False)
         if freeze_backbone:
             for p in self.vit.parameters():
                 p.requires_grad_(False)
@@ -414,7 +461,7 @@ class MoEViT(nn.Module):
         if tuple(x.shape[-2:]) != (self.img_size, self.img_size):
             x = F.interpolate(x.float(), size=(self.img_size, self.img_size), mode="bilinear", align_corners=False,
                               antialias=bool(min(x.shape[-2:]) > self.img_size))
-        return x
+        return (x.float() - self.input_mean) / self.input_std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit(self.adapt_input(x))
