@@ -113,10 +113,35 @@ def _configs(root: str) -> str:
     return ", ".join(n for n in names if n != "metadata")
 
 
+def _help_flag(argv: list[str]) -> list[str]:
+    """``VERB --help`` / ``VERB -h`` -> ``VERB -- --help``.
+
+    A verb that takes ``**overrides`` would receive ``--help`` as an override: fire then prints the help but treats
+    the call as failed (missing INPUT) and exits 2. Behind ``--`` it is fire's own help flag, which exits 0.
+    """
+    if "--" in argv or not any(a in ("--help", "-h") for a in argv):
+        return argv
+    # keep only the command path (``protect``, ``data prepare``): the help is the verb's, and nothing may run
+    path = []
+    group: type = CLI
+    for a in argv:
+        member = getattr(group, a, None) if not a.startswith(("-", "_")) else None
+        if a == "data" and group is CLI:
+            path.append(a)
+            group = Data
+        elif callable(member):
+            path.append(a)
+            break
+        else:
+            break
+    return path + ["--", "--help"]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: project errors print one line and exit 1 instead of a traceback."""
     import fire
 
+    argv = _help_flag(list(sys.argv[1:] if argv is None else argv))
     try:
         result = fire.Fire(CLI(), command=argv, name="trust-monai")
     except TrustMonaiError as e:

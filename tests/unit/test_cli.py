@@ -58,3 +58,20 @@ def test_run_unknown_config_is_one_line_error():
     proc = _cli("run", BUNDLES[0], "no_such_config")
     assert proc.returncode == 1
     assert "no_such_config" in proc.stderr and "train" in proc.stderr
+
+
+HELP_CASES = [("protect",), ("purify",), ("certify",), ("detect",), ("run",), ("run", "umed"), ("list",),
+              ("data",), ("data", "list"), ("data", "prepare"), ("protect", "in", "out"), ()]
+
+
+@pytest.mark.parametrize("args", HELP_CASES)
+def test_every_verb_help_exits_zero(args):
+    """``VERB --help`` prints the verb's help and exits 0 (fire alone exits 2 for verbs with ``**overrides``);
+    arguments before ``--help`` are not run."""
+    for flag in ("--help", "-h"):
+        proc = _cli(*args, flag, timeout=60)
+        assert proc.returncode == 0, (args, flag, proc.stdout[-300:], proc.stderr[-300:])
+        text = proc.stdout + proc.stderr  # fire prints its help on stderr
+        assert "NAME" in text and "Showing help" not in text
+        if args:
+            assert f"trust-monai {' '.join(args[:2] if args[0] == 'data' else args[:1])}" in text
