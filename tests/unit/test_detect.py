@@ -205,10 +205,23 @@ class TestDetectionEngine:
             save_state_dict(net.state_dict(), tmp / "m.pt")
             ds = ForgeryDataset(data, "test")
             rows = DetectionEvaluation(net, tmp / "m.pt", ds, tmp / "out", heatmaps=2, train_kinds=["copy_move"]).run()
-            assert {"metrics.csv", "metrics.md", "roc.png", "report.json", "heatmaps.png"} <= {
-                p.name for p in (tmp / "out").iterdir()}
+            assert {"metrics.csv", "metrics.md", "roc.png", "report.json", "heatmaps.png", "scores.csv",
+                    "volumes.csv"} <= {p.name for p in (tmp / "out").iterdir()}
             levels = {r["level"] for r in rows}
-            assert levels == ({"image", "slice"} if three_d else {"image", "volume"})
+            # volumes: slice level also per held-out volume (its real slices against its copies' tampered slices)
+            held_out = {f"slice:v{i}" for i in range(4)}
+            assert levels == ({"image", "slice"} | held_out if three_d else {"image", "volume"})
+            if three_d:
+                v0 = next(r for r in rows if r["level"] == "slice:v0")
+                assert (v0["n_real"], v0["n_fake"]) == (4, 2)
+            with open(tmp / "out" / "scores.csv") as f:
+                scores = list(csv.DictReader(f))
+            with open(tmp / "out" / "volumes.csv") as f:
+                volumes = list(csv.DictReader(f))
+            assert list(scores[0]) == ["image", "slice", "score"] and list(volumes[0]) == ["image", "score"]
+            assert len(scores) == (8 * 4 if three_d else 8) and len(volumes) == (8 if three_d else 4)
+            if three_d:
+                assert [int(r["slice"]) for r in scores[:4]] == [0, 1, 2, 3] and volumes[0]["image"].endswith(".nii.gz")
             assert all(r["seen_in_training"] == "no" for r in rows)  # self_blend was not in train_kinds
             assert {r["fakes"] for r in rows} == {"self_blend"}
             report = json.loads((tmp / "out" / "report.json").read_text())

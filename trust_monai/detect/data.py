@@ -12,7 +12,10 @@ exactly as in the source data sets (no volume has slices on both sides):
   (:func:`~trust_monai.detect.generative.train_vae`).
 
 With ``spatial_dims=3`` the same slices are stacked back into volumes: each real volume, and per kind one tampered
-copy in which a contiguous slab of slices is replaced by its fakes (``slice_labels`` marks them).
+copy in which a contiguous slab of slices is replaced by its fakes (``slice_labels`` marks them). Volumes may also
+get the 3D-consistent kinds (``VOLUME_KINDS``): ``lesion3d_inject`` / ``lesion3d_remove``, one lesion injected or
+removed as a 3D blob across several slices with a smooth profile (:class:`~trust_monai.transforms.forgery.Lesion3D`,
+the CT-GAN threat); ``slice_labels`` marks the slices it reaches.
 
 Faces (:func:`prepare_face_forgery`): the 100 real LFW faces of ``prepare('lfw_faces')`` (same 80/20 split) versus
 ``self_blend`` and ``face_swap`` fakes (donor face from the same split).
@@ -40,6 +43,7 @@ from ..utils.fileio import atomic_write_json
 
 __all__ = [
     "SCAN_KINDS",
+    "VOLUME_KINDS",
     "FACE_KINDS",
     "prepare_scan_forgery",
     "prepare_face_forgery",
@@ -48,6 +52,7 @@ __all__ = [
 ]
 
 SCAN_KINDS = ("copy_move_inject", "copy_move_remove", "self_blend", "generated")
+VOLUME_KINDS = ("lesion3d_inject", "lesion3d_remove")  # 3D-consistent: volumes only (spatial_dims=3)
 FACE_KINDS = ("self_blend", "face_swap")
 _SOURCES = ("pyradiomics_lesions_2d", "mni152_tissue_2d")
 _VERSION = "2"
@@ -121,6 +126,8 @@ def _fakes(real: list[dict], kinds: Sequence[str], seed: int, vae_epochs: int, s
     fakes: dict[str, list] = {}
     for k, kind in enumerate(kinds):
         rs = np.random.RandomState(seed * 1000 + k)
+        if kind in VOLUME_KINDS:
+            continue  # made on whole volumes in _build_scans
         if kind == "generated":
             stack = torch.from_numpy(np.stack([r["image"] for r in real]))[:, None]
             vae = train_vae(stack, epochs=vae_epochs, seed=seed, desc=f"VAE ({split})")
@@ -167,9 +174,11 @@ def prepare_scan_forgery(
     """
     from ..data.cache import build_dataset_dir, is_complete
 
-    unknown = set(kinds) - set(SCAN_KINDS)
+    unknown = set(kinds) - set(SCAN_KINDS) - set(VOLUME_KINDS)
     if unknown:
-        raise DatalistError(f"unknown scan forgery kinds {sorted(unknown)}; choose from {SCAN_KINDS}")
+        raise DatalistError(f"unknown scan forgery kinds {sorted(unknown)}; choose from {SCAN_KINDS + VOLUME_KINDS}")
+    if int(spatial_dims) == 2 and set(kinds) & set(VOLUME_KINDS):
+        raise DatalistError(f"the 3D-consistent kinds {VOLUME_KINDS} are made on volumes: use spatial_dims=3")
     params = dict(spatial_dims=int(spatial_dims), size=int(size), kinds=list(kinds), vae_epochs=int(vae_epochs),
                   max_per_volume=max_per_volume, min_tissue=min_tissue, seed=int(seed), version=_VERSION)
     target = _cache_folder("scan_forgery", params) if root is None else Path(root) / "scan_forgery"
@@ -181,6 +190,7 @@ def prepare_scan_forgery(
 
 def _build_scans(out: Path, p: dict) -> None:
     from ..data.sources._common import write_nifti
+    from ..transforms.forgery import Lesion3D
 
     real = _real_slices(p["size"], p["min_tissue"], p["max_per_volume"])
     lists: dict[str, list] = {}
@@ -227,7 +237,18 @@ def _build_scans(out: Path, p: dict) -> None:
                                                                  for m in lesions], -1).astype(np.uint8), affine)
                 entries.append({"image": src, "label": 0, "kind": "real", "volume": volume,
                                 "slice_labels": [0] * len(idx), **extra})
-                for kind in p["kinds"]:
+                for v, kind in enumerate(k for k in p["kinds"] if k in VOLUME_KINDS):
+                    t = Lesion3D(kind.split("_")[1]).set_random_state(p["seed"] * 1000 + len(entries) * 7 + v)
+                    mask = None
+                    if extra.get("lesion"):
+                        mask = np.stack([np.zeros(stack.shape[:2], bool) if m is None else m for m in lesions], -1)
+                    fake = np.asarray(t(stack[None], None if mask is None else mask[None]), np.float32)[0]
+                    rel = f"images{tag}/{kind}/{volume}.nii.gz"
+                    write_nifti(out / rel, fake, affine)
+                    labels = [int(v > 0.1) for v in t.last_mask.max((0, 1))]
+                    entries.append({"image": rel, "label": 1, "kind": kind, "volume": f"{volume}:{kind}",
+                                    "slice_labels": labels, "source": src, **extra})
+                for kind in (k for k in p["kinds"] if k not in VOLUME_KINDS):
                     n = len(idx)
                     length = max(1, int(round(n * rs.uniform(0.3, 0.5))))
                     start = rs.randint(0, n - length + 1)
@@ -343,176 +364,5 @@ def _build_faces(out: Path, p: dict) -> None:
     })
 
 
-def select_kinds(entries: list[dict], kinds: Sequence[str] | None) -> list[dict]:
-    """Real entries plus the fakes whose ``kind`` is in ``kinds`` (``None`` or empty: all)."""
-    if not kinds:
-        return list(entries)
-    return [e for e in entries if e.get("kind", "real") == "real" or int(e.get("label", 0)) == 0 or
-            e.get("kind") in set(kinds)]
-
-
-class ForgeryDataset(torch.utils.data.Dataset):
-    """A datalist section of real / fake images, every file header checked first, then decoded into memory.
-
-    Items: ``image`` (float ``(1, H, W)`` for 2D, ``(1, H, W, D)`` for a volume, values in [0, 1]), ``label`` (int,
-    -1 when the datalist has none), ``kind``, ``volume``, ``path``, ``rel``.
-
-    Args:
-        dataset_dir: folder with ``dataset.json``.
-        section: datalist section, or a list of sections (those present are read).
-        kinds: fake kinds to keep (real images are always kept); ``None``: all.
-        unroll: split volumes into slices (training on slices of a 3D set; per-slice labels from ``slice_labels``).
-        max_samples: keep at most this many entries, evenly spaced (0: all).
-        augment: random horizontal flips (training).
-        resynthesize: every draw of a procedural fake (a kind in ``dataset.json["synthesis"]``) is made afresh from
-            its ``source`` real image (and ``lesion`` mask) by that kind's transform, instead of reading the one
-            stored fake: the detector then sees a new blending mask, position and alteration each time, as
-            "Detecting Deepfakes with Self-Blended Images" trains, rather than memorising a few hundred fakes.
-            Needs 2D images or ``unroll``; other kinds (``generated``) are read as stored.
-    """
-
-    def __init__(self, dataset_dir, section: str = "training", kinds: Sequence[str] | None = None,
-                 unroll: bool = False, max_samples: int | None = 0, augment: bool = False,
-                 resynthesize: bool = False):
-        from ..data.datalist import check_readable, load_datalist
-        from ..data.io import read_image
-
-        self.dataset_dir = Path(dataset_dir).resolve()
-        sections = [section] if isinstance(section, str) else list(section)
-        doc = json.loads((self.dataset_dir / "dataset.json").read_text()) if (len(sections) > 1 or resynthesize) and (
-            self.dataset_dir / "dataset.json").is_file() else {}
-        if len(sections) > 1:
-            # several sections: those the datalist has (a screening list may hold only "test")
-            sections = [s for s in sections if isinstance(doc.get(s), list)] or sections[:1]
-        self.synthesis: dict = {}
-        keys: tuple[str, ...] = ("image",)
-        if resynthesize:
-            self.synthesis = {k: synthesis_transform(v) for k, v in dict(doc.get("synthesis") or {}).items()}
-            if not self.synthesis:
-                raise DatalistError(f"{self.dataset_dir / 'dataset.json'}: resynthesize needs a 'synthesis' section "
-                                    "(made by prepare_scan_forgery / prepare_face_forgery); this data set has none, "
-                                    "so train with resynthesize=false")
-            keys = ("image", "source", "lesion")
-        entries = []
-        for s in sections:
-            entries += load_datalist(self.dataset_dir, s, keys=keys)
-        entries = select_kinds(entries, kinds)
-        if max_samples and int(max_samples) > 0 and len(entries) > int(max_samples):
-            idx = np.unique(np.linspace(0, len(entries) - 1, int(max_samples)).round().astype(int))
-            entries = [entries[i] for i in idx]
-        if not entries:
-            raise DatalistError(f"{self.dataset_dir / 'dataset.json'}: no '{section}' entries of kinds {kinds}")
-        check_readable(entries, keys=keys)  # every file, before any is decoded or any output is written
-        self.augment = augment
-        self.items: list[dict] = []
-        self._arrays: dict[str, np.ndarray] = {}  # sources and lesion masks of resynthesised fakes, by path
-        for e in entries:
-            arr, _ = read_image(e["image"])
-            img = self._to_unit(np.asarray(arr, np.float32), e["image"])
-            label = int(e["label"]) if "label" in e else -1
-            base = {"label": label, "kind": str(e.get("kind", "real" if label == 0 else "unknown")),
-                    "volume": str(e.get("volume", Path(e["image"]).name)), "path": e["image"],
-                    "rel": Path(e["image"]).relative_to(self.dataset_dir).as_posix()}
-            if label == 0 and self.synthesis:
-                self._arrays[e["image"]] = img
-            if label == 1 and base["kind"] in self.synthesis and isinstance(e.get("source"), str):
-                if img.ndim == 3 and not unroll:
-                    raise DatalistError(f"{e['image']}: resynthesize makes 2D fakes; train on volumes with "
-                                        "unroll=true")
-                base["source"], base["lesion"] = e["source"], e.get("lesion")
-            # a 3D array is a volume, except in a picture file, where the last axis holds the colour channels
-            picture = Path(e["image"]).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-            if img.ndim == 3 and not picture and unroll:
-                labels = e.get("slice_labels") or [label] * img.shape[-1]
-                for z in range(img.shape[-1]):
-                    self.items.append({**base, "image": torch.from_numpy(img[None, ..., z].copy()),
-                                       "label": int(labels[z]), "kind": base["kind"] if labels[z] else "real",
-                                       "slice": z, **({} if labels[z] else {"source": None})})
-            else:
-                if img.ndim == 3 and picture:  # an RGB(A) picture: channels first
-                    img = img[..., :3].transpose(2, 0, 1)
-                    self.items.append({**base, "image": torch.from_numpy(np.ascontiguousarray(img))})
-                else:
-                    self.items.append({**base, "image": torch.from_numpy(img[None].copy()),
-                                       "slice_labels": e.get("slice_labels")})
-
-        # face-swap donors: the real images of these sections, found once rather than on every draw
-        self._reals = [it for it in self.items if it["label"] == 0] if self.synthesis else []
-
-    @staticmethod
-    def _to_unit(a: np.ndarray, path: str) -> np.ndarray:
-        """Values into [0, 1]: 8-bit pictures / 255, already-normalised data as is, anything else by its range."""
-        if a.ndim not in (2, 3):
-            raise InputFileError(path, f"expected a 2D image or a 3D volume, got shape {a.shape}")
-        lo, hi = float(a.min()), float(a.max())
-        if lo >= 0 and hi <= 1:
-            return a
-        if lo >= 0 and hi <= 255 and path.lower().endswith(".png"):
-            return a / 255.0
-        lo, hi = np.percentile(a, [0.5, 99.5])
-        return np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
-
-    @property
-    def labels(self) -> list[int]:
-        return [it["label"] for it in self.items]
-
-    def class_weights(self) -> torch.Tensor:
-        """Inverse class frequencies (real, fake), so each class weighs the same in the loss."""
-        counts = torch.bincount(torch.tensor([max(lb, 0) for lb in self.labels]), minlength=2).float().clamp(min=1)
-        return counts.sum() / (2 * counts)
-
-    def balanced_sampler(self, num_samples: int | None = None, seed: int = 0):
-        """Draw real and fake equally often: ``num_samples`` (default twice the smaller class) per epoch, with
-        replacement. Fakes of several kinds outnumber the reals; an epoch then sees every real about once and a fresh
-        draw of fakes, instead of the fakes' many near-copies of each real. Under ``torchrun`` each rank draws its
-        ``1 / world`` share with its own seed, so an epoch is as long in total as in one process."""
-        from ..utils.dist import rank_world
-
-        rank, world = rank_world()
-        labels = torch.tensor([max(lb, 0) for lb in self.labels])
-        counts = torch.bincount(labels, minlength=2).float().clamp(min=1)
-        n = int(num_samples) if num_samples else int(2 * counts.min().item())
-        n = max(1, n // world)
-        gen = torch.Generator().manual_seed(int(seed) + rank)
-        return torch.utils.data.WeightedRandomSampler((1.0 / counts)[labels].double(), n, replacement=True,
-                                                      generator=gen)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def _array(self, path: str, lesion: bool = False) -> np.ndarray:
-        if path not in self._arrays:
-            from ..data.io import read_image
-
-            a = np.asarray(read_image(path)[0], np.float32)
-            self._arrays[path] = a > 0 if lesion else self._to_unit(a, path)
-        return self._arrays[path]
-
-    def _fresh_fake(self, item: dict) -> torch.Tensor:
-        """A new fake of ``item``'s kind from its source image; the random draw comes from torch's generator, which
-        the DataLoader seeds per worker and per epoch."""
-        from ..transforms.forgery import CopyMoveForgery, FaceSwap
-
-        z = item.get("slice")  # set on the slices of an unrolled volume
-        pick = (lambda a: a[..., z]) if z is not None else (lambda a: a)
-        x = pick(self._array(item["source"]))[None]
-        t = self.synthesis[item["kind"]]
-        t.set_random_state(int(torch.randint(2**31 - 1, ())))
-        if isinstance(t, FaceSwap):
-            # a donor from another real image of the same section
-            donors = [it for it in self._reals if it["path"] != item["source"]]
-            out = t(x, donors[int(torch.randint(len(donors), ()))]["image"].numpy() if donors else x)
-        elif isinstance(t, CopyMoveForgery):
-            lesion = pick(self._array(item["lesion"], lesion=True))[None] if item.get("lesion") else None
-            out = t(x, lesion if lesion is not None and lesion.any() else None)
-        else:
-            out = t(x)
-        return torch.from_numpy(np.ascontiguousarray(out, np.float32))
-
-    def __getitem__(self, i: int) -> dict:
-        # tensors and the index only, so the default collate works; the rest is in ``self.items[index]``
-        item = self.items[i]
-        img = self._fresh_fake(item) if item.get("source") else item["image"]
-        if self.augment and torch.rand(()) < 0.5:
-            img = img.flip(-1)
-        return {"image": img, "label": self.items[i]["label"], "index": i}
+# the dataset that reads these folders lives in .dataset (one job per file); kept importable from here
+from .dataset import ForgeryDataset, select_kinds  # noqa: E402

@@ -4,10 +4,12 @@
   after its forward pass), so a plain MONAI ``SupervisedTrainer`` trains a :class:`~trust_monai.networks.moe_vit.MoEViT`.
 - :func:`load_detector`: a plain state dict into the configured network; a checkpoint made for other experts fails
   with one line naming the mismatched keys.
-- :class:`DetectionInference`: scores every image (a 3D volume by aggregating its slice scores), writes
-  ``report.json`` (per image and per volume, atomically) and ``heatmaps.png`` (gradient saliency).
+- :class:`DetectionInference`: scores every image (a 3D volume by aggregating its slice scores; with ``context``
+  each slice enters with its neighbours as channels, 2.5D), writes ``report.json`` (per image and per volume,
+  atomically), ``scores.csv`` (one row per slice: image, slice index, score), ``volumes.csv`` (one row per volume:
+  image, score) and ``heatmaps.png`` (gradient saliency).
 - :class:`DetectionEvaluation`: the same scores against the labels: AUC, AP, EER, accuracy at 0.5 per fake kind and
-  level (image / slice / volume), ``metrics.csv`` + ``metrics.md`` + ``roc.png``; fake kinds not in ``train_kinds``
+  level (image / slice / volume; slice level also per held-out volume), ``metrics.csv`` + ``metrics.md`` + ``roc.png``; fake kinds not in ``train_kinds``
   are marked unseen (the cross-manipulation protocol).
 """
 
@@ -28,6 +30,7 @@ from torch import nn
 from ..errors import InputFileError
 from ..utils.checkpoint import load_state_dict
 from ..utils.fileio import atomic_write_json, atomic_write_text, sha256_file
+from .dataset import slices_with_context
 from .figures import heatmap_png, roc_png, saliency
 from .metrics import aggregate_scores, detection_metrics
 
@@ -94,12 +97,15 @@ class DetectionInference:
         threshold: fake probability from which an image is called fake.
         heatmaps: cases shown in ``heatmaps.png`` (0: none).
         progress: progress bar.
+        context: neighbours per side given with each slice of a volume (1: 2.5D, the slice and its two neighbours as
+            three channels); must match training.
     """
 
     def __init__(self, network: nn.Module, checkpoint, dataset, output_dir, device="cpu", batch_size: int = 64,
                  aggregate: str = "topk", topk: int = 3, threshold: float = 0.5, heatmaps: int = 8,
-                 progress: bool = True):
+                 progress: bool = True, context: int = 0):
         self.network, self.checkpoint, self.dataset = network, checkpoint, dataset
+        self.context = int(context)
         self.output_dir, self.device = Path(output_dir), torch.device(device)
         self.batch_size, self.aggregate, self.topk = int(batch_size), aggregate, int(topk)
         self.threshold, self.heatmaps, self.progress = float(threshold), int(heatmaps), progress
@@ -125,10 +131,13 @@ class DetectionInference:
         bar = tqdm(total=len(items), desc="score", disable=None if self.progress else True, leave=False)
         while i < len(items):
             img = items[i]["image"]
-            if img.ndim == 4:  # (C, H, W, D): score every slice, aggregate
-                slices = img.permute(3, 0, 1, 2)
+            if img.ndim == 4:  # (C, H, W, D): score every slice (with its neighbours), aggregate
+                slices = slices_with_context(img, self.context, items[i]["rel"])
                 s = score_batch(self.network, slices, self.batch_size)
-                records.append(self._record(items[i], aggregate_scores(s, self.aggregate, self.topk), s))
+                rec = self._record(items[i], aggregate_scores(s, self.aggregate, self.topk), s)
+                if self.context and img.shape[-1] < 2 * self.context + 1:
+                    rec["note"] = f"{img.shape[-1]} slice(s): neighbour channels repeated"
+                records.append(rec)
                 i += 1
                 bar.update(1)
                 continue
@@ -148,6 +157,8 @@ class DetectionInference:
     def _record(self, item: dict, score: float, slice_scores=None) -> dict:
         r = {"image": item["rel"], "sha256": sha256_file(item["path"]), "score": round(float(score), 6),
              "pred": "fake" if score >= self.threshold else "real", "volume": item["volume"]}
+        if item.get("slice") is not None:
+            r["slice"] = int(item["slice"])
         if item["label"] >= 0:
             r.update(label=int(item["label"]), kind=item["kind"])
         if slice_scores is not None:
@@ -165,8 +176,8 @@ class DetectionInference:
         for name, rs in groups.items():
             scores = [v for r in rs for v in (r["slice_scores"] if "slice_scores" in r else [r["score"]])]
             score = aggregate_scores(scores, self.aggregate, self.topk)
-            v = {"volume": name, "images": len(rs), "score": round(score, 6),
-                 "pred": "fake" if score >= self.threshold else "real"}
+            v = {"volume": name, "image": rs[0]["image"] if len(rs) == 1 else name, "images": len(rs),
+                 "score": round(score, 6), "pred": "fake" if score >= self.threshold else "real"}
             if all("label" in r for r in rs):
                 v["label"] = max(r["label"] for r in rs)
                 kinds = sorted({r["kind"] for r in rs if r["label"] == 1})
@@ -184,7 +195,21 @@ class DetectionInference:
             "volumes": self.volumes(records),
             **(extra or {}),
         }
+        self.write_csv(records, doc["volumes"])
         return atomic_write_json(self.output_dir / "report.json", doc)
+
+    def write_csv(self, records: list[dict], volumes: list[dict]) -> None:
+        """``scores.csv`` (image, slice, score: one row per slice, a 2D image is slice 0 unless its datalist names
+        one) and ``volumes.csv`` (image, score: one row per volume), so any tool can read the scores."""
+        rows = [(r["image"], z, v) for r in records
+                for z, v in (enumerate(r["slice_scores"]) if "slice_scores" in r else [(r.get("slice", 0), r["score"])])]
+        for name, table, header in (("scores.csv", rows, ("image", "slice", "score")),
+                                    ("volumes.csv", [(v["image"], v["score"]) for v in volumes], ("image", "score"))):
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(header)
+            w.writerows(table)
+            atomic_write_text(self.output_dir / name, buf.getvalue())
 
     def write_heatmaps(self, records: list[dict]) -> Path | None:
         """Saliency of the most-fake-looking cases and of the most-real-looking ones, side by side."""
@@ -201,11 +226,12 @@ class DetectionInference:
             caption = f"{Path(r['image']).name}\np(fake)={r['score']:.3f}" + (f" [{r['kind']}]" if "kind" in r else "")
             if img.ndim == 4:
                 z = int(np.argmax(r["slice_scores"]))
-                img = img[..., z]
+                img = slices_with_context(img, self.context, r["image"])[z]
                 caption += f" z={z}"
             heat = saliency(self.network, img.to(self.device))
             picture = Path(r["image"]).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-            rows.append({"image": img.float().mean(0).cpu().numpy(), "heat": heat, "caption": caption,
+            shown = img[self.context] if self.context and not picture and img.shape[0] > 1 else img.float().mean(0)
+            rows.append({"image": shown.float().cpu().numpy(), "heat": heat, "caption": caption,
                          "voxel_order": not picture})
         return heatmap_png(rows, self.output_dir / "heatmaps.png")
 
@@ -247,12 +273,19 @@ class DetectionEvaluation(DetectionInference):
 
     def rows(self, records: list[dict]) -> tuple[list[dict], dict]:
         levels: dict[str, list[tuple[int, float, str]]] = {"image": [], "slice": [], "volume": []}
+        held_out: dict[str, list[tuple[int, float, str]]] = {}
         for r in records:
             if "label" not in r:
                 continue
             levels["image"].append((r["label"], r["score"], r["kind"]))
+            base = str(r["volume"]).split(":")[0]
             for lb, s in zip(r.get("slice_labels", []), r.get("slice_scores", [])):
                 levels["slice"].append((lb, s, r["kind"] if lb else "real"))
+                # per held-out volume: its real slices against the tampered slices of its tampered copies
+                if r["kind"] == "real" or lb:
+                    held_out.setdefault(f"slice:{base}", []).append((lb, s, r["kind"] if lb else "real"))
+        if len(held_out) > 1:
+            levels.update(sorted(held_out.items()))
         vols = self.volumes(records)
         if len(vols) < len(records):
             levels["volume"] = [(v["label"], v["score"], v["kind"]) for v in vols if "label" in v]

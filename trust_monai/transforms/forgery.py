@@ -6,6 +6,8 @@
 - :class:`SelfBlend` / ``d``: a self-blended image ("Detecting Deepfakes with Self-Blended Images"): the image blended
   inside a soft blob with a slightly altered copy of itself (intensity, sharpness, sub-pixel shift and scale), which
   leaves only blending-boundary and statistics-mismatch traces.
+- :class:`Lesion3D`: 3D-consistent tampering of a volume (the CT-GAN threat): a lesion injected or removed as one
+  3D blob across several slices, with a smooth profile in every direction, so neighbouring slices agree.
 - :class:`FaceSwap` / ``d``: the inner face region of a donor image, colour-matched and blended into the target with
   a soft ellipse (the classic face-swap pipeline without a generator).
 
@@ -32,6 +34,7 @@ __all__ = [
     "SelfBlendd",
     "FaceSwap",
     "FaceSwapd",
+    "Lesion3D",
 ]
 
 
@@ -208,6 +211,82 @@ class SelfBlend(Randomizable):
         alpha = random_blob(shape, center, radii, rng, sigma=rng.uniform(*self.sigma))
         alpha = (alpha * rng.choice([1.0, rng.uniform(0.5, 1.0)]))[None]
         out = np.clip((1 - alpha) * x + alpha * self.altered(x, rng), 0.0, 1.0)
+        self.last_mask = alpha[0]
+        return convert_to_dst_type(out, img)[0]
+
+
+class Lesion3D(Randomizable):
+    """3D-consistent lesion tampering of a volume ``(C, H, W, D)`` (slices along the last axis).
+
+    ``inject``: a real lesion (from ``mask``) copied in-plane to another tissue place, every slice moved by the same
+    offset; without a mask, a new lesion: an irregular 3D blob that brightens or darkens the tissue by a contrast
+    factor, textured by the volume itself. ``remove``: the lesion (or a random tissue blob) covered by tissue copied
+    in-plane from nearby, the same offset in every slice. The blending weight is a 3D blob, Gaussian-smoothed along
+    all three axes (``sigma_z`` across slices), so the change fades in and out over neighbouring slices instead of
+    stopping at a slice border: a per-slice or 2.5D detector sees no inconsistency between neighbours.
+
+    Args:
+        mode: ``"inject"`` or ``"remove"``.
+        radius: in-plane semi-axis range as a fraction of the slice size.
+        depth: semi-axis range across slices, in slices.
+        contrast: range of the relative intensity change of a new lesion (its sign is drawn).
+        sigma: in-plane edge blur range (voxels); ``sigma_z``: blur across slices (slices).
+        min_shift: smallest in-plane move as a fraction of the slice size.
+    """
+
+    def __init__(self, mode: str = "inject", radius=(0.05, 0.12), depth=(1.5, 4.0), contrast=(0.2, 0.45),
+                 sigma=(1.0, 2.0), sigma_z: float = 0.8, min_shift: float = 0.15):
+        if mode not in ("inject", "remove"):
+            raise ArgumentError(f"mode must be 'inject' or 'remove', got {mode!r}")
+        self.mode, self.radius, self.depth, self.contrast = mode, radius, depth, contrast
+        self.sigma, self.sigma_z, self.min_shift = sigma, float(sigma_z), min_shift
+        self.last_mask: np.ndarray | None = None
+
+    def randomize(self, data=None) -> None:
+        self._seed = self.R.randint(2**31 - 1)
+
+    def __call__(self, img, mask=None, randomize: bool = True):
+        from scipy.ndimage import binary_dilation, gaussian_filter
+
+        if randomize:
+            self.randomize()
+        rng = np.random.RandomState(self._seed)
+        x = _np(img)
+        if x.ndim != 4:
+            raise ArgumentError(f"Lesion3D needs a volume (C, H, W, D), got shape {x.shape}")
+        shape = x.shape[1:]
+        size = np.asarray(shape[:2], np.float32)
+        fg = _foreground(x)
+        lesion = None if mask is None else _np(mask).reshape(-1, *shape).max(0) > 0
+        real_lesion = lesion is not None and lesion.any()
+        radii = np.r_[rng.uniform(*self.radius, size=2) * size, min(rng.uniform(*self.depth), shape[2] / 2)]
+        if real_lesion:
+            region = binary_dilation(lesion, iterations=2)
+            center = np.argwhere(lesion).mean(0)
+        else:
+            center = _pick(fg, rng, np.r_[radii[:2], 0])
+            region = random_blob(shape, center, radii, rng, sigma=0) > 0.5
+        sigma = rng.uniform(*self.sigma)
+        alpha = gaussian_filter(region.astype(np.float32), (sigma, sigma, self.sigma_z))
+        # an in-plane move (same in every slice) to tissue at least min_shift of the slice away
+        offset = np.zeros(3, np.float32)
+        for _ in range(20):
+            target = _pick(fg, rng, np.r_[radii[:2], 0])
+            offset[:2] = (target - center)[:2]
+            if np.linalg.norm(offset) >= max(self.min_shift * size.min(), 1.5 * radii[:2].max()):
+                break
+        else:
+            offset[:2] = np.where(rng.rand(2) < 0.5, -1, 1) * np.maximum(radii[:2] * 2, self.min_shift * size)
+        if self.mode == "inject" and real_lesion:
+            content, alpha = _shift(x, offset), _shift(alpha[None], offset)[0]
+        elif self.mode == "inject":
+            # a new lesion: the tissue itself, brighter or darker inside the blob, with its own texture
+            gain = 1 + rng.choice([-1.0, 1.0]) * rng.uniform(*self.contrast)
+            content = x * gain
+        else:
+            content = _shift(x, -offset)
+        alpha = np.clip(alpha * rng.uniform(0.85, 1.0), 0, 1)[None]
+        out = np.clip((1 - alpha) * x + alpha * content, 0.0, 1.0)
         self.last_mask = alpha[0]
         return convert_to_dst_type(out, img)[0]
 
