@@ -55,7 +55,7 @@ SCAN_KINDS = ("copy_move_inject", "copy_move_remove", "self_blend", "generated")
 VOLUME_KINDS = ("lesion3d_inject", "lesion3d_remove")  # 3D-consistent: volumes only (spatial_dims=3)
 FACE_KINDS = ("self_blend", "face_swap")
 _SOURCES = ("pyradiomics_lesions_2d", "mni152_tissue_2d")
-_VERSION = "2"
+_VERSION = "3"
 # the transforms behind the procedural kinds, with the arguments the data sets use (``dataset.json["synthesis"]``)
 SCAN_SYNTHESIS = {
     "copy_move_inject": {"transform": "CopyMoveForgery", "args": {"mode": "inject"}},

@@ -261,7 +261,9 @@ class Lesion3D(Randomizable):
         real_lesion = lesion is not None and lesion.any()
         radii = np.r_[rng.uniform(*self.radius, size=2) * size, min(rng.uniform(*self.depth), shape[2] / 2)]
         if real_lesion:
-            region = binary_dilation(lesion, iterations=2)
+            in_plane = np.zeros((3, 3, 3), bool)
+            in_plane[:, 1, 1] = in_plane[1, :, 1] = True  # grow the mask in-plane; across slices the blur fades it
+            region = binary_dilation(lesion, in_plane, iterations=2)
             center = np.argwhere(lesion).mean(0)
         else:
             center = _pick(fg, rng, np.r_[radii[:2], 0])
