@@ -76,36 +76,40 @@ class CLI:
 
 
     def protect(self, input: str, output: str, ckpt_dir: str | None = None, spatial_dims: int | None = None,
-                overwrite: bool = False, deidentify: bool = False, **overrides):
+                overwrite: bool = False, deidentify: bool = False, roi: str | None = None, **overrides):
         """Write a protected (unlearnable) copy of the scans in INPUT into OUTPUT with the UMed bundle.
 
         INPUT: a dataset.json, a folder of NIfTI / NRRD scans with masks (<name>_label.nii.gz or labels/), or of
-        DICOM series. Output keeps each scan's format, geometry and headers; report.html shows before / after.
-        --deidentify pseudonymises DICOM headers; other --key value pairs go to the bundle (e.g. --device cuda).
+        DICOM series with the RTSTRUCT or SEG that refers to each. Output keeps each scan's format, geometry and
+        headers (a series' RTSTRUCT / SEG is written again, referencing the protected series); report.html shows
+        before / after. --roi NAME[,NAME...]: the structures / segments that form the mask, as classes in that order
+        (default all). --deidentify pseudonymises DICOM headers (RTSTRUCT / SEG too); other --key value pairs go to
+        the bundle (e.g. --device cuda).
         """
-        return self._verb("protect", input, output, ckpt_dir, spatial_dims, overwrite, deidentify, overrides)
+        return self._verb("protect", input, output, ckpt_dir, spatial_dims, overwrite, deidentify, overrides, roi)
 
     def purify(self, input: str, output: str, ckpt_dir: str | None = None, spatial_dims: int | None = None,
-               overwrite: bool = False, deidentify: bool = False, **overrides):
+               overwrite: bool = False, deidentify: bool = False, roi: str | None = None, **overrides):
         """Write a purified copy of INPUT (D-VAE removes unlearnable perturbations) into OUTPUT; as ``protect``."""
-        return self._verb("purify", input, output, ckpt_dir, spatial_dims, overwrite, deidentify, overrides)
+        return self._verb("purify", input, output, ckpt_dir, spatial_dims, overwrite, deidentify, overrides, roi)
 
     def certify(self, input: str, output: str, ckpt_dir: str | None = None, spatial_dims: int | None = None,
-                **overrides):
+                roi: str | None = None, **overrides):
         """Certified segmentation (RS and DRS) of the scans in INPUT: label maps with an abstain label, per-case
-        certified fraction and radius, report.html."""
-        return self._verb("certify", input, output, ckpt_dir, spatial_dims, False, False, overrides)
+        certified fraction and radius, report.html. A DICOM series' label maps are also written as DICOM SEG
+        (<series>_seg.dcm, abstain its own segment) referencing the input series; --roi as for ``protect``."""
+        return self._verb("certify", input, output, ckpt_dir, spatial_dims, False, False, overrides, roi)
 
     def detect(self, input: str, output: str, ckpt_dir: str | None = None, **overrides):
         """Score every scan in INPUT for synthesis / tampering (MoE-FFD): report.json, heatmaps, report.html."""
         return self._verb("detect", input, output, ckpt_dir, None, False, False, overrides)
 
     @staticmethod
-    def _verb(verb, input, output, ckpt_dir, spatial_dims, overwrite, deidentify, overrides):
+    def _verb(verb, input, output, ckpt_dir, spatial_dims, overwrite, deidentify, overrides, roi=None):
         from .hospital import run_verb
 
         return run_verb(verb, str(input), str(output), ckpt_dir=ckpt_dir, spatial_dims=spatial_dims,
-                        overwrite=bool(overwrite), deidentify=bool(deidentify), **overrides)
+                        overwrite=bool(overwrite), deidentify=bool(deidentify), roi=roi, **overrides)
 
 
 def _configs(root: str) -> str:

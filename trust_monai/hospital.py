@@ -108,11 +108,23 @@ def _is_mask_path(rel: Path) -> bool:
 
 
 def discover(folder: str | os.PathLike, with_masks: bool = True) -> dict:
+    """Datalist of a folder of scans (see :func:`_discover`)."""
+    return _discover(folder, with_masks)[0]
+
+
+def _discover(folder: str | os.PathLike, with_masks: bool = True):
     """Datalist of a folder of scans: ``{"cases": [{"image": rel, "label": rel?}, ...], "labels"?: {...}}``.
 
-    NIfTI / NRRD files are scans unless their name or folder marks them as masks; every folder holding DICOM files
-    is one series (its sub-folders are not searched further). Paths are relative to ``folder`` and sorted. With
-    ``with_masks=False`` masks are still recognised (and left out) but not listed.
+    NIfTI / NRRD files are scans unless their name or folder marks them as masks; every folder holding DICOM image
+    files is one series (its sub-folders are not searched further); DICOM RTSTRUCT and SEG files are not images: a
+    folder holding only those is no series, and they give masks to the series they refer to (see
+    :mod:`trust_monai.data.dicom_study`; the ``label`` of such a series is added when the input is staged). Paths
+    are relative to ``folder`` and sorted. With ``with_masks=False`` masks are still recognised (and left out) but
+    not listed.
+
+    Returns:
+        ``(doc, study)``: the datalist and the :class:`~trust_monai.data.dicom_study.DicomStudy` of the DICOM
+        folders (None when there are none).
 
     Raises:
         DatalistError: no scan found, or ``folder`` is itself a DICOM series.
@@ -128,6 +140,12 @@ def discover(folder: str | os.PathLike, with_masks: bool = True) -> dict:
             dirnames[:] = []
             continue
         scans += [f.relative_to(root) for f in files if _is_scan(f)]
+    study = None
+    if series:
+        from .data.dicom_study import scan
+
+        study = scan(root, series)
+        series = [s for s in series if s in study.image_folders]
     if Path() in series:
         raise DatalistError(f"{root}: is itself a DICOM series; give the folder that holds the series folder(s)")
     masks = {p for p in scans if _is_mask_path(p)}
@@ -138,8 +156,12 @@ def discover(folder: str | os.PathLike, with_masks: bool = True) -> dict:
         if mask is not None:
             entry["label"] = mask.as_posix()
         cases.append(entry)
+    linked = {d.resolve() for d in _linked_series(study)} if study is not None and with_masks else set()
     for s in series:
         entry = {"image": s.as_posix()}
+        if (root / s).resolve() in linked:  # its mask comes from the RTSTRUCT / SEG that refers to it (staging)
+            cases.append(entry)
+            continue
         # a series' mask lies beside its folder: <series>_label.nii.gz (or _seg / _mask, NIfTI or NRRD)
         found = [root / s.parent / f"{s.name}{m}{suf}" for m in _MASK_SUFFIXES for suf in _SCAN_SUFFIXES]
         found = [f for f in found if f.is_file()] if with_masks else []
@@ -150,7 +172,15 @@ def discover(folder: str | os.PathLike, with_masks: bool = True) -> dict:
         raise DatalistError(f"{root}: no scan found (looked for .nii/.nii.gz/.nrrd/.nhdr/.png files and DICOM series "
                             "folders); give a folder of scans or a dataset.json")
     doc: dict = {"name": root.name, "description": f"scans found in {root} by trust-monai", "cases": cases}
-    return doc
+    return doc, study
+
+
+def _linked_series(study) -> list[Path]:
+    """Folders of the series that some RTSTRUCT / SEG of the study refers to (by UID)."""
+    from .data.dicom_study import link_objects
+
+    links, _, failed = link_objects(study)
+    return [study.series_dir[u] for u in (*links, *failed)]
 
 
 def _declare_labels(doc: dict, root: Path) -> None:
@@ -161,20 +191,24 @@ def _declare_labels(doc: dict, root: Path) -> None:
 
     top = 0
     for c in doc["cases"]:
-        if "label" in c:
+        if "label" in c and (root / c["label"]).exists():  # masks rasterised from RTSTRUCT / SEG are named later
             arr, _ = read_image(root / c["label"])
             top = max(top, int(np.nanmax(arr)) if arr.size else 0)
     if top > 0:
         doc["labels"] = {"0": "background", **{str(i): f"class {i}" for i in range(1, top + 1)}}
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` (file or folder) at ``dst``; copy where linking is impossible. Never writes into ``src``."""
+def _link_tree(src: Path, dst: Path, skip: frozenset = frozenset()) -> None:
+    """Hard-link ``src`` (file or folder) at ``dst``; copy where linking is impossible. Never writes into ``src``.
+    Files in ``skip`` (RTSTRUCT / SEG objects inside a series folder) are left out."""
     if src.is_dir():
         dst.mkdir(parents=True, exist_ok=True)
         for child in sorted(src.iterdir()):
-            if not child.name.startswith("."):
-                _link_tree(child, dst / child.name)
+            if not child.name.startswith(".") and child not in skip:
+                _link_tree(child, dst / child.name, skip)
+        for stale in sorted(dst.iterdir()):  # a left-out object linked by an earlier run
+            if (src / stale.name) in skip and stale.is_file():
+                stale.unlink()
         return
     if dst.exists():
         if dst.samefile(src) or (dst.stat().st_size == src.stat().st_size and
@@ -188,10 +222,14 @@ def _link_tree(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def stage_input(path: str | os.PathLike, output_dir: str | os.PathLike, with_masks: bool = True) -> tuple[Path, bool]:
+def stage_input(path: str | os.PathLike, output_dir: str | os.PathLike, with_masks: bool = True,
+                roi=None) -> tuple[Path, bool]:
     """The dataset folder a bundle should read for ``path``; returns ``(dataset_dir, generated)``.
 
-    ``generated`` is True when the datalist was written by :func:`discover` (section ``cases``).
+    ``generated`` is True when the datalist was written by :func:`discover` (section ``cases``). DICOM series that an
+    RTSTRUCT or SEG refers to get their mask rasterised from it (``roi``: the structures / segments to use, as
+    classes in that order; default all); what was linked, and any object that could not be used (its series is
+    left out, the others go on), is recorded in ``dataset_dir/dicom_objects.json``.
 
     Raises:
         InputFileError: ``path`` does not exist, or the output folder is inside it.
@@ -230,16 +268,52 @@ def stage_input(path: str | os.PathLike, output_dir: str | os.PathLike, with_mas
         rels = sorted(Path(p).resolve().relative_to(base) for p in paths)
         generated = False
     else:
-        doc = discover(src, with_masks)
+        doc, study = _discover(src, with_masks)
         _declare_labels(doc, src)
-        rels = sorted({Path(v) for c in doc["cases"] for k, v in c.items() if k in ("image", "label")})
+        skip: frozenset = frozenset()
+        made: set = set()
+        if study is not None and study.objects:
+            from .data.dicom_study import stage_labels
+
+            skip = frozenset(study.object_files)
+            record = stage_labels(study, staged, roi) if with_masks else None
+            if record is not None:
+                made = _apply_objects(doc, record, src)
+        elif roi not in (None, ""):
+            raise TrustMonaiError(f"--roi chooses structures of DICOM RTSTRUCT / SEG objects; {src} holds none")
+        rels = sorted({Path(v) for c in doc["cases"] for k, v in c.items() if k in ("image", "label")
+                       and v not in made})
         generated = True
     for rel in rels:
-        _link_tree(base / rel, staged / rel)
+        _link_tree(base / rel, staged / rel, skip if generated else frozenset())
     target = staged / "dataset.json"
     if not target.is_file() or json.loads(target.read_text()) != doc:
         atomic_write_json(target, doc)
     return staged, generated
+
+
+def _apply_objects(doc: dict, record: dict, src: Path) -> set:
+    """Give each linked series its rasterised label, drop the series whose object failed, name the classes;
+    returns the relative paths of the labels written into the staged folder."""
+    from .data.dicom_study import OBJECTS_FILE
+
+    labels = {r["series"]: r["label"] for r in record["links"]}
+    failed = set(record["failed"])
+    for line in record["errors"]:
+        print(f"trust-monai: error: {line}", file=sys.stderr)
+    doc["cases"] = [c for c in doc["cases"] if c["image"] not in failed]
+    for c in doc["cases"]:
+        if c["image"] in labels:
+            c["label"] = labels[c["image"]]
+    if not doc["cases"]:
+        raise DatalistError(f"{src}: no series left to process ({len(record['errors'])} error(s) above; details in "
+                            f"{OBJECTS_FILE} of the staged input)")
+    if labels and record["classes"]:
+        top = max(len(doc.get("labels", {})) - 1, len(record["classes"]))
+        names = {"0": "background", **{str(i): f"class {i}" for i in range(1, top + 1)}}
+        names.update({str(i): n for i, n in enumerate(record["classes"], start=1)})
+        doc["labels"] = names
+    return set(labels.values())
 
 
 def _present(dataset_dir: Path, sections: list[str]) -> list[str]:
@@ -292,18 +366,24 @@ def _bundle_command(bundle: str, config: str, args: dict) -> list[str]:
 
 
 def run_verb(verb: str, input: str, output: str, ckpt_dir: str | None = None, spatial_dims: int | None = None,
-             overwrite: bool = False, deidentify: bool = False, report: bool = True, **overrides) -> int:
+             overwrite: bool = False, deidentify: bool = False, report: bool = True, roi=None, **overrides) -> int:
     """Run ``verb`` on ``input`` into ``output`` and write ``output/report.html``; returns the bundle's exit code.
 
     ``protect`` is one command: without a generator in ``ckpt_dir`` (default ``output/.trust_monai/models``) it first
     runs the bundle's ``train.json`` on the same cases, then ``inference.json``; a rerun reuses the learned generator.
+
+    DICOM studies: ``roi`` chooses the RTSTRUCT structures / SEG segments that form the mask (see
+    :func:`stage_input`). After protect / purify every such object is written again beside the new series,
+    referencing it (:func:`~trust_monai.data.dicom_study.write_derived_objects`); certify writes its label maps of
+    DICOM series also as SEG (:func:`~trust_monai.data.dicom_study.write_certified_segs`). A problem with one
+    object is one line on stderr and makes the exit code non-zero; the other series are still written.
     """
 
     if verb not in VERBS:
         raise TrustMonaiError(f"unknown verb {verb!r}; use one of {sorted(VERBS)}")
     v = VERBS[verb]
     out = Path(output).expanduser().resolve()
-    dataset_dir, generated = stage_input(input, out, with_masks=v.bundle != "moe_ffd")
+    dataset_dir, generated = stage_input(input, out, with_masks=v.bundle != "moe_ffd", roi=roi)
     sections = ["cases"] if generated else None
     args: dict = {"dataset_dir": str(dataset_dir), "output_dir": str(out)}
     if sections:
@@ -343,10 +423,51 @@ def run_verb(verb: str, input: str, output: str, ckpt_dir: str | None = None, sp
             print("[protect] 2/2 writing the protected copy")
     cmd = _bundle_command(v.bundle, "inference", args)
     rc = subprocess.call(cmd)
+    object_errors = _dicom_objects_after(verb, v, dataset_dir, Path(input).expanduser().resolve(), out, args,
+                                         deidentify) if generated else []
     if report and (rc == 0 or (out / "manifest.json").is_file()):  # a failed run with written cases is reported too
         from .engines.report import verb_report
 
         path = verb_report(verb, v, dataset_dir, out, read_sections, command=shlex.join(cmd), rc=rc,
                            seconds=time.time() - started, input_path=str(Path(input).expanduser().resolve()))
         print(f"report: {path}")
+    if object_errors and rc == 0:
+        print(f"trust-monai: error: {len(object_errors)} DICOM RTSTRUCT / SEG problem(s), listed above; the other "
+              "series are written", file=sys.stderr)
+        return 1
     return rc
+
+
+def _dicom_objects_after(verb: str, v: Verb, dataset_dir: Path, input_root: Path, out: Path, args: dict,
+                         deidentify: bool) -> list[str]:
+    """The DICOM objects of a run: RTSTRUCT / SEG re-referenced to the new series (protect, purify), certified label
+    maps as SEG (certify). Returns every problem line (staging's too), each already printed."""
+    from .data.dicom_study import OBJECTS_FILE, write_certified_segs, write_derived_objects
+
+    path = dataset_dir / OBJECTS_FILE
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    errors = list(record.get("errors", []))
+    new_errors: list[str] = []
+    if v.changes_images and record.get("links"):
+        done = None
+        manifest = out / "manifest.json"
+        if manifest.is_file():
+            cases = json.loads(manifest.read_text()).get("cases", [])
+            done = {str(Path(c["input"]).resolve()) for c in cases if c.get("status") in ("done", "copied")}
+        written, new_errors = write_derived_objects(record, input_root, dataset_dir, out,
+                                                    derivation=f"trust_monai {verb}: {v.what}",
+                                                    deidentify=deidentify, done=done)
+        for p in written:
+            print(f"[{verb}] {p.relative_to(out)}: re-referenced to the {v.done} series")
+    elif verb == "certify":
+        doc = json.loads((dataset_dir / "dataset.json").read_text())
+        labels = doc.get("labels") or {}
+        n = int(args.get("num_classes") or len(labels) or 0)
+        names = [labels.get(str(i), f"class {i}") for i in range(n)]
+        methods = [m for m in ("rs", "drs") if (out / m).is_dir()]
+        written, new_errors = write_certified_segs(dataset_dir, out, methods, names)
+        for p in written:
+            print(f"[certify] {p.relative_to(out)}: certified label map as DICOM SEG")
+    for line in new_errors:
+        print(f"trust-monai: error: {line}", file=sys.stderr)
+    return errors + new_errors

@@ -562,7 +562,10 @@ class CertifySegmentation(_SmoothingRun):
         return test[: self.max_cases] if self.max_cases > 0 else test
 
     def _out(self, method: str, src: str) -> Path:
-        return self.output_dir / method / Path(src).resolve().relative_to(self.dataset_dir)
+        rel = Path(src).resolve().relative_to(self.dataset_dir)
+        if Path(src).is_dir():  # a DICOM series: its label map is written as NIfTI, <series>.nii.gz (and as SEG by
+            rel = rel.with_name(rel.name + ".nii.gz")  # trust-monai certify), never as a folder of slices
+        return self.output_dir / method / rel
 
     def run(self) -> list[dict]:
         """Certify, write the outputs, return the per-case rows (every rank's, merged, on rank 0).
