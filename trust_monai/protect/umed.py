@@ -18,7 +18,22 @@ from monai.utils import CommonKeys as Keys
 
 from ..transforms.roi import contour_band
 
-__all__ = ["UMedTrainer", "UMedProtector", "SampleWiseProtector", "samplewise_noise_data", "usable_cases"]
+__all__ = ["UMedTrainer", "UMedProtector", "SampleWiseProtector", "samplewise_noise_data", "usable_cases", "check_case"]
+
+
+def check_case(image, label, name: str, label_name: str, num_classes: int | None = None) -> None:
+    """Raise :class:`~trust_monai.errors.CaseError` naming the file if a case cannot be protected or learnt from:
+    NaN / Inf voxels, or labels outside ``0..num_classes-1``. Learning and protecting share it, so both refuse the
+    same cases with the same line."""
+    import numpy as np
+
+    from ..errors import CaseError
+
+    if not np.isfinite(np.asarray(image, dtype=np.float64)).all():
+        raise CaseError(f"{name}: image has NaN or Inf voxels")
+    lab = np.asarray(label)
+    if lab.min() < 0 or (num_classes is not None and lab.max() >= num_classes):
+        raise CaseError(f"{label_name}: label values {int(lab.min())}..{int(lab.max())} outside 0..{num_classes - 1}")
 
 
 def usable_cases(files: Sequence[dict], num_classes: int | None = None) -> list[dict]:
@@ -42,13 +57,9 @@ def usable_cases(files: Sequence[dict], num_classes: int | None = None) -> list[
         try:
             image, meta = read_image(entry["image"])
             label, label_path = read_case_label(entry, image, meta, "UMed")
-            if not (label > 0).any():
+            check_case(image, label, entry["image"], label_path, num_classes)
+            if not (np.asarray(label) > 0).any():
                 raise CaseError(f"{label_path}: mask has no foreground; nothing to learn from (the case is copied as is)")
-            if label.min() < 0 or (num_classes is not None and label.max() >= num_classes):
-                raise CaseError(f"{label_path}: label values {int(label.min())}..{int(label.max())} outside "
-                                f"0..{num_classes - 1}")
-            if not np.isfinite(np.asarray(image, dtype=np.float64)).all():
-                raise CaseError(f"{entry['image']}: image has NaN or Inf voxels")
         except (CaseError, InputFileError) as e:
             print(f"[umed] skipping {e}")
             continue
@@ -285,14 +296,8 @@ class UMedProtector:
 
             load_state_dict(self.generator, self.checkpoint)
             self.checkpoint = None
-        image_np = np.asarray(image)
-        if not np.isfinite(image_np).all():
-            raise CaseError(f"{name}: image has NaN or Inf voxels")
-        lab = np.asarray(label)
-        if lab.min() < 0 or (self.num_classes is not None and lab.max() >= self.num_classes):
-            raise CaseError(
-                f"{label_name}: label values {int(lab.min())}..{int(lab.max())} outside 0..{self.num_classes - 1}"
-            )
+        image_np, lab = np.asarray(image), np.asarray(label)
+        check_case(image_np, lab, name, label_name, self.num_classes)
         if not (lab > 0).any():
             return None, {"empty_mask": True}
         spatial = self.generator.spatial_dims
