@@ -210,11 +210,22 @@ def write_seg(label: np.ndarray, grid: SeriesGrid, names: Sequence[str], out_pat
     return out
 
 
+# type 2 attributes highdicom copies from the first source image; a de-identified series has dropped some of them
+_TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                      "StudyDate", "StudyTime")
+
+
 def _segmentation(hd, grid, pixels, segment_descriptions, seed, algorithm, description, version):
+    import copy
+
     from pydicom.uid import generate_uid
 
-    return hd.seg.Segmentation(
-        source_images=grid.headers, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+    first = copy.deepcopy(grid.headers[0])
+    for key in _TYPE2_FROM_SOURCE:
+        if key not in first:
+            setattr(first, key, "")
+    seg = hd.seg.Segmentation(
+        source_images=[first, *grid.headers[1:]], pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=list(segment_descriptions),
         series_instance_uid=generate_uid(entropy_srcs=[*seed, "series"]), series_number=int(
             grid.headers[0].get("SeriesNumber", 0) or 0) + 1000,
@@ -222,6 +233,10 @@ def _segmentation(hd, grid, pixels, segment_descriptions, seed, algorithm, descr
         manufacturer="trust_monai", manufacturer_model_name=algorithm[:64], software_versions=str(version),
         device_serial_number="0", series_description=description[:64], content_description=description[:64],
         content_label="TRUSTMONAI", omit_empty_frames=True)
+    for key in ("PatientIdentityRemoved", "DeidentificationMethod"):  # the source's de-identification holds here too
+        if key in first:
+            setattr(seg, key, first.get(key))
+    return seg
 
 
 def rereference_seg(path: str | Path, old: SeriesGrid, new: SeriesGrid, out_path: str | Path, derivation: str

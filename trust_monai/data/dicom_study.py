@@ -236,6 +236,8 @@ def stage_labels(study: DicomStudy, staged: Path, roi: Any = None) -> dict:
         records.append({"series": series_rel.as_posix(), "series_uid": uid,
                         "object": path.relative_to(study.root).as_posix(), "kind": kind,
                         "label": label_rel.as_posix(), "classes": {str(i + 1): c for i, c in enumerate(got)}})
+    spelled = {n.lower(): n for r in reversed(records) for n in r["classes"].values()}
+    classes = [spelled.get(c.lower(), c) for c in classes]  # as the objects spell them, not as typed in --roi
     doc = {"classes": classes, "links": records, "errors": errors, "failed": failed}
     atomic_write_json(staged / OBJECTS_FILE, doc)
     return doc
