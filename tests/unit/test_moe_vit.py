@@ -166,6 +166,15 @@ class TestMoEViT:
         with torch.no_grad():
             assert net.eval()(torch.rand(1, 3, 224, 224)).shape == (1, 2)
 
+    def test_vit_s14_dinov2_trainable_parameters(self):
+        # the shipped backbone's architecture (random weights here: the count does not depend on them)
+        net = MoEViT(backbone="vit_small_patch14_dinov2", img_size=224, patch_size=14, in_chans=3)
+        n = count_parameters(net)
+        print(f"MoE-ViT on DINOv2 ViT-S/14 (224): {n} trainable of {count_parameters(net, False)} parameters")
+        assert tuple(net.vit.patch_embed.grid_size) == (16, 16) and 4e6 < n < 8e6
+        with torch.no_grad():
+            assert net.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 2)  # any size is resized to 224
+
 
 def test_single_lora_baseline():
     net = single_lora_vit(rank=4, **TINY)

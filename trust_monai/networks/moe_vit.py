@@ -296,6 +296,7 @@ def build_vit(backbone: str = "vit_tiny_patch16_224", pretrained_file: str | Non
     import timm
 
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    pretrained = _no_weights(pretrained)
     if pretrained and not pretrained_file:
         return _from_weights_source(backbone, pretrained, kwargs)
     if pretrained_file:
@@ -318,6 +319,11 @@ def build_vit(backbone: str = "vit_tiny_patch16_224", pretrained_file: str | Non
             raise InputFileError(pretrained_file, f"cannot load as {backbone} weights: {type(e).__name__}: "
                                                   f"{text[:200]}") from e
     return timm.create_model(backbone, pretrained=False, **kwargs)
+
+
+def _no_weights(name):
+    """``None`` for an unset weights source: ``None``, or ``""`` / ``null`` / ``none`` as typed on a command line."""
+    return None if name is None or str(name).strip().lower() in ("", "null", "none") else str(name)
 
 
 def _from_weights_source(backbone: str, name: str, kwargs: dict) -> nn.Module:
@@ -402,6 +408,7 @@ class MoEViT(nn.Module):
             num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
         )
         self.img_size, self.in_chans = int(img_size), int(in_chans)
+        pretrained = _no_weights(pretrained)
         if pretrained and input_mean is None and input_std is None:
             from ..weights import weights_info
 
