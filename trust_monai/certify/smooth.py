@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import TrustMonaiError
 from ..transforms.dual_split import dual_split
+from . import sequential as seq
 from .stats import binom_test_two_sided_half, cp_lower, phi_inv
 
 __all__ = ["ABSTAIN", "CertifyRecord", "Smooth", "DualSmooth", "check_sampling_args", "check_sigma"]
@@ -32,7 +33,9 @@ class CertifyRecord:
 
     ``counts`` holds the top-class count of the estimation samples (one entry for RS, ``[left, right]`` for DRS),
     ``p_lower`` the matching Clopper-Pearson lower bounds; ``n0`` / ``n`` are samples per smoothed input (per half
-    for DRS); ``correct`` is None when no label was given.
+    for DRS; for ``decide`` / ``adaptive``, ``n`` is the number of estimation samples used); ``correct`` is None when
+    no label was given. ``samples_used`` counts every forward pass of the base classifier(s), selection included
+    (``n0 + n`` for RS, ``2 (n0 + n)`` for DRS); ``mode`` is ``fixed``, ``decide`` or ``adaptive``.
     """
 
     method: str
@@ -45,6 +48,8 @@ class CertifyRecord:
     label: int | None = None
     correct: bool | None = None
     time: float = 0.0
+    samples_used: int = 0
+    mode: str = "fixed"
 
     def as_row(self) -> dict:
         """Flat dict for a CSV row (``count_l`` / ``count_r`` for DRS, ``count`` for RS)."""
@@ -132,6 +137,96 @@ class _Sampler:
             self._plain.add(id(model))
             return run(batch)
 
+    # ------------------------------------------------------------------ sequential certification (RS and DRS alike)
+    # A subclass supplies: _method, _halves, _select(x, n0, bs) -> class, _drawer(x, cls, bs) -> (m -> counts per
+    # half), and _score(per-half probabilities) -> radius (increasing in every probability; <= 0: none).
+
+    def decide(self, x: torch.Tensor, radius: float, alpha: float, max_samples: int, batch_size: int, n0: int = 100,
+               first: int = 32, growth: float = 2.0, label: int | None = None) -> tuple[int, int]:
+        """Is the smoothed classifier certifiably robust at ``radius`` around ``x`` ``(C, *spatial)``? Returns
+        ``(prediction, samples_used)``: the smoothed prediction when it is certified at ``radius`` with confidence
+        ``1 - alpha``, else ``-1``; ``samples_used`` counts every forward pass (selection included).
+
+        Class selection: the top class ``A`` of ``n0`` separate samples (per half for DRS), as CERTIFY. Estimation:
+        up to ``max_samples`` further samples (per half), examined at the fixed looks ``first, first * growth, ...,
+        max_samples``; at look ``k`` the Clopper-Pearson bounds of ``p_A`` at level ``alpha_k = alpha / K`` (DRS:
+        ``alpha_k / 2`` per half) certify as soon as the radius of the lower bounds exceeds ``radius`` (RS: lower bound
+        above ``Phi(radius / sigma)``) and abstain as soon as the upper bounds show that it cannot. Every bound of the
+        sequence holds at once with probability ``1 - alpha`` (union bound over looks and halves; selection samples
+        independent of the estimation samples), so the decision at the data-dependent stopping look is wrong with
+        probability at most ``alpha``: the full derivation is :mod:`trust_monai.certify.sequential`.
+
+        Raises:
+            TrustMonaiError: ``radius <= 0``, bad sampling settings, or ``max_samples`` below the smallest budget that
+                could certify ``radius`` at ``alpha`` (the message gives that minimum), all before any sampling.
+        """
+        if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
+            raise TrustMonaiError(f"radius must be a finite number > 0, got {radius!r}")
+        self._check_sequential(n0, max_samples, alpha, batch_size, first)
+        schedule = seq.Schedule.make(alpha, int(max_samples), first, growth)
+        if self._score(np.full(self._halves, (schedule.alphas[-1] / self._halves) ** (1.0 / max_samples))) <= radius:
+            least = seq.min_samples_decide(self._score, self._halves, radius, alpha, first, growth)
+            raise TrustMonaiError(
+                f"max_samples={max_samples} cannot certify radius {radius:g} at alpha {alpha:g} even if every sample "
+                f"agreed; use max_samples >= {least}")
+        t0 = time.perf_counter()
+        top = self._select(x, n0, batch_size)
+        res = seq.decide(self._drawer(x, top, batch_size), self._score, self._halves, float(radius), schedule)
+        pred = top if res.certified else ABSTAIN
+        used = self._halves * (n0 + res.n)
+        self._record("decide", pred, float(radius) if res.certified else 0.0, n0, res, label, used, t0)
+        return pred, used
+
+    def certify_adaptive(self, x: torch.Tensor, alpha: float, max_samples: int, batch_size: int, n0: int = 100,
+                         tolerance: float = 0.05, first: int = 100, growth: float = 2.0, final_share: float = 0.5,
+                         label: int | None = None) -> tuple[int, float, int]:
+        """CERTIFY with an input-specific sample size: ``(prediction, radius, samples_used)``, ``(-1, 0.0, used)`` on
+        abstention.
+
+        Class selection from ``n0`` separate samples as CERTIFY; then estimation samples at the fixed looks
+        ``first, first * growth, ..., max_samples`` with ``final_share`` of alpha spent at the last look and the rest
+        split evenly over the others (DRS: each level halved between the halves). At look ``k`` the certified radius
+        so far is that of the lower bounds, ``R_k``; the radius the full budget would give is predicted by plugging the
+        observed hit rate into the last look's bound, ``R_hat``; sampling stops when ``R_hat - R_k <= tolerance`` (the
+        rule of "Input-Specific Robustness Certification for Randomized Smoothing", Chen et al., AAAI 2022: trade at
+        most about ``tolerance`` of radius for samples), or when the upper bounds show nothing can be certified.
+
+        Guarantee: every lower bound of the sequence holds at once with probability ``1 - alpha`` (union bound over
+        the looks and halves, levels summing to alpha; selection samples independent), so the radius reported at the
+        data-dependent stop is valid with probability at least ``1 - alpha``; the tolerance is a plug-in prediction and
+        affects only how much radius is traded, never the guarantee (:mod:`trust_monai.certify.sequential`).
+        """
+        if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+            raise TrustMonaiError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+        self._check_sequential(n0, max_samples, alpha, batch_size, first)
+        schedule = seq.Schedule.make(alpha, int(max_samples), first, growth, final_share)
+        if self._score(np.full(self._halves, (schedule.alphas[-1] / self._halves) ** (1.0 / max_samples))) <= 0:
+            least = seq.min_samples_adaptive(self._score, self._halves, alpha, first, growth, final_share)
+            raise TrustMonaiError(f"max_samples={max_samples} cannot certify any radius at alpha {alpha:g}; "
+                                  f"use max_samples >= {least}")
+        t0 = time.perf_counter()
+        top = self._select(x, n0, batch_size)
+        res = seq.adaptive(self._drawer(x, top, batch_size), self._score, self._halves, schedule, float(tolerance))
+        pred, radius = (top, res.radius) if res.certified else (ABSTAIN, 0.0)
+        used = self._halves * (n0 + res.n)
+        self._record("adaptive", pred, radius, n0, res, label, used, t0)
+        return pred, radius, used
+
+    @staticmethod
+    def _check_sequential(n0, max_samples, alpha, batch_size, first) -> None:
+        if not (isinstance(max_samples, (int, np.integer)) and max_samples >= 1):
+            raise TrustMonaiError(f"max_samples must be an integer >= 1, got {max_samples!r}")
+        if not (isinstance(first, (int, np.integer)) and first >= 1):
+            raise TrustMonaiError(f"first must be an integer >= 1, got {first!r}")
+        check_sampling_args(n0, max(int(max_samples), int(n0) + 1), alpha, 1)
+        if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+            raise TrustMonaiError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
+    def _record(self, mode, pred, radius, n0, res, label, used, t0) -> None:
+        self.last_record = CertifyRecord(
+            self._method, pred, radius, n0, res.n, [int(c) for c in res.counts], [float(v) for v in res.lower], label,
+            None if label is None else pred == int(label), time.perf_counter() - t0, used, mode)
+
     @torch.no_grad()
     def _counts(self, model: nn.Module, x: torch.Tensor, sigma: float, num: int, batch_size: int) -> np.ndarray:
         """Class counts of ``model(x + N(0, sigma^2 I))`` over ``num`` draws; ``x`` is one input without batch axis."""
@@ -178,6 +273,18 @@ class Smooth(_Sampler):
         self.base_classifier = base_classifier.eval()
         self.sigma = float(sigma)
 
+    _method, _halves = "rs", 1
+
+    def _select(self, x, n0, batch_size) -> int:
+        return int(self._counts(self.base_classifier, x, self.sigma, n0, batch_size).argmax())
+
+    def _drawer(self, x, top, batch_size):
+        return lambda m: self._counts(self.base_classifier, x, self.sigma, m, batch_size)[top:top + 1]
+
+    def _score(self, p) -> float:
+        """``sigma PhiInv(p)`` (Cohen et al.'s radius for a lower bound ``p`` on ``p_A``)."""
+        return self.sigma * float(phi_inv(min(float(np.asarray(p).ravel()[0]), 1.0 - 1e-15)))
+
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int, label: int | None = None):
         """Cohen et al.'s CERTIFY for one input ``x`` ``(C, *spatial)``: returns ``(prediction, radius)``, ``(-1, 0.0)``
         on abstention; the full record is ``self.last_record``."""
@@ -192,7 +299,7 @@ class Smooth(_Sampler):
             pred, radius = ABSTAIN, 0.0
         self.last_record = CertifyRecord(
             "rs", pred, radius, n0, n, [k], [p_a], label, None if label is None else pred == int(label),
-            time.perf_counter() - t0,
+            time.perf_counter() - t0, n0 + n,
         )
         return pred, radius
 
@@ -262,6 +369,26 @@ class DualSmooth(_Sampler):
         self.base_classifier_l, self.base_classifier_r = base_classifier_l.eval(), base_classifier_r.eval()
         self.sigma_l, self.sigma_r = float(sigma_l), float(sigma_r)
 
+    _method, _halves = "drs", 2
+
+    def _select(self, x, n0, batch_size) -> int:
+        c_l, c_r = self._both(x, n0, batch_size)
+        return int((c_l + c_r).argmax())
+
+    def _drawer(self, x, top, batch_size):
+        x_l, x_r = dual_split(x, x.ndim - 1)
+
+        def draw(m: int) -> np.ndarray:
+            return np.array([self._counts(self.base_classifier_l, x_l, self.sigma_l, m, batch_size)[top],
+                             self._counts(self.base_classifier_r, x_r, self.sigma_r, m, batch_size)[top]])
+
+        return draw
+
+    def _score(self, p) -> float:
+        """The DRS radius ``(PhiInv(p_l) + PhiInv(p_r)) / sqrt(sigma_l^-2 + sigma_r^-2)`` of per-half bounds."""
+        a, b = (float(phi_inv(min(float(v), 1.0 - 1e-15))) for v in np.asarray(p).ravel()[:2])
+        return float(self.radius(a, b, self.sigma_l, self.sigma_r))
+
     @staticmethod
     def radius(a, b, sigma_l: float, sigma_r: float):
         """``(a + b) / sqrt(sigma_l^-2 + sigma_r^-2)`` for ``a = PhiInv(pA_l)``, ``b = PhiInv(pA_r)``."""
@@ -291,7 +418,7 @@ class DualSmooth(_Sampler):
             pred, radius = ABSTAIN, 0.0
         self.last_record = CertifyRecord(
             "drs", pred, radius, n0, n, [k_l, k_r], [p_l, p_r], label,
-            None if label is None else pred == int(label), time.perf_counter() - t0,
+            None if label is None else pred == int(label), time.perf_counter() - t0, 2 * (n0 + n),
         )
         return pred, radius
 

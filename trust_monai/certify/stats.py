@@ -7,14 +7,17 @@
 - :func:`holm`: Holm's step-down correction ("A Simple Sequentially Rejective Multiple Test Procedure", 1979): rejects
   with family-wise error at most ``alpha`` under any dependence between the tests.
 - :func:`phi_inv`: the standard normal quantile.
+- :func:`cp_bounds`: one-sided Clopper-Pearson lower and upper bounds from ``scipy.stats.beta`` quantiles (the
+  sequential rules of :mod:`trust_monai.certify.sequential` use it).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.special import bdtrc, ndtri
+from scipy.stats import beta as _beta
 
-__all__ = ["cp_lower", "binom_sf_pvalue", "binom_test_two_sided_half", "holm", "phi_inv"]
+__all__ = ["cp_bounds", "cp_lower", "binom_sf_pvalue", "binom_test_two_sided_half", "holm", "phi_inv"]
 
 
 def phi_inv(p):
@@ -49,6 +52,19 @@ def cp_lower(k, n, alpha: float, iters: int = 60) -> np.ndarray:
         lo = np.where(below, mid, lo)
         hi = np.where(below, hi, mid)
     return np.where(pos, lo, 0.0)
+
+
+def cp_bounds(k, n, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided ``(1 - alpha)`` Clopper-Pearson lower and upper bounds on ``p`` after ``k`` successes in ``n``.
+
+    ``lower = Beta(alpha; k, n - k + 1)`` quantile (0 when ``k == 0``), ``upper = Beta(1 - alpha; k + 1, n - k)``
+    quantile (1 when ``k == n``): ``P(lower > p) <= alpha`` and ``P(upper < p) <= alpha`` for every ``p``.
+    """
+    k = np.asarray(k, dtype=np.float64)
+    n = np.broadcast_to(np.asarray(n, dtype=np.float64), k.shape)
+    lo = np.where(k > 0, _beta.ppf(alpha, np.maximum(k, 1.0), n - k + 1.0), 0.0)
+    hi = np.where(k < n, _beta.ppf(1.0 - alpha, k + 1.0, np.maximum(n - k, 1.0)), 1.0)
+    return lo, hi
 
 
 def binom_sf_pvalue(k, n, tau: float) -> np.ndarray:
