@@ -6,7 +6,8 @@ Each verb runs the inference config of its packaged bundle on the user's own fil
 - a Decathlon datalist (``dataset.json``, or a folder holding one): used as it is;
 - a folder of NIfTI / NRRD / PNG files or of DICOM series (one series per folder, any depth): the scans are found and
   paired with their masks by name (``labels/`` or ``labelsTr/`` beside ``images/`` / ``imagesTr/``, or a ``_label``,
-  ``_seg``, ``_mask`` suffix, or ``_image`` -> ``_label``), and a datalist with one section ``cases`` is written;
+  ``_seg``, ``_mask`` suffix, or ``_image`` -> ``_label``) or, for a DICOM series, by the UIDs an RTSTRUCT or SEG of
+  the folder refers to (:mod:`trust_monai.data.dicom_study`), and a datalist with one section ``cases`` is written;
 - a datalist file with another name.
 
 For the last two the input is *staged*: ``DIR/.trust_monai/input`` mirrors the input's relative paths with hard
@@ -30,7 +31,7 @@ from .errors import DatalistError, InputFileError, TrustMonaiError
 
 __all__ = ["VERBS", "Verb", "discover", "stage_input", "run_verb"]
 
-_SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".png")
+_SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".png", ".tif", ".tiff")
 _MASK_SUFFIXES = ("_label", "_labels", "_seg", "_segmentation", "_mask")
 _DIR_PAIRS = (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs"), ("images", "labels"), ("images", "masks"),
               ("images", "segmentations"))
@@ -169,7 +170,7 @@ def _discover(folder: str | os.PathLike, with_masks: bool = True):
             entry["label"] = found[0].relative_to(root).as_posix()
         cases.append(entry)
     if not cases:
-        raise DatalistError(f"{root}: no scan found (looked for .nii/.nii.gz/.nrrd/.nhdr/.png files and DICOM series "
+        raise DatalistError(f"{root}: no scan found (looked for .nii/.nii.gz/.nrrd/.nhdr/.png/.tif files and DICOM series "
                             "folders); give a folder of scans or a dataset.json")
     doc: dict = {"name": root.name, "description": f"scans found in {root} by trust-monai", "cases": cases}
     return doc, study
@@ -328,13 +329,13 @@ def _present(dataset_dir: Path, sections: list[str]) -> list[str]:
 
 def _spatial_dims(dataset_dir: Path, sections: list[str]) -> int:
     from .data.datalist import load_datalist
-    from .data.io import probe_image
+    from .data.io import PICTURE_FORMATS, probe_image
 
     for s in _present(dataset_dir, sections):
         entries = load_datalist(dataset_dir, s, keys=("image", "label"))
         if entries:
             probe = probe_image(entries[0]["image"])
-            if probe["format"] == "png":  # a photograph: 2D, whatever its colour channels
+            if probe["format"] in PICTURE_FORMATS:  # a photograph: 2D, whatever its colour channels
                 return 2
             return 3 if sum(int(n) > 1 for n in probe["shape"]) >= 3 else 2
     raise DatalistError(f"{dataset_dir / 'dataset.json'}: no entries in {sections}")

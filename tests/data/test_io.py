@@ -19,8 +19,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from trust_monai.data import io as tio
-from trust_monai.data.io import ImageMeta, probe_image, read_image, to_metatensor, write_image
-from trust_monai.errors import InputFileError, OutputExistsError
+from trust_monai.data.io import ImageMeta, detect_format, probe_image, read_image, to_metatensor, write_image
+from trust_monai.errors import ArgumentError, InputFileError, OutputExistsError
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 CT_SMALL = get_testdata_file("CT_small.dcm", download=False)
@@ -274,6 +274,65 @@ def test_png_round_trip(tmp_path, mode, shape):
     back, meta2 = read_image(tmp_path / "o.png")
     np.testing.assert_array_equal(back, np.clip(intended, 0, 255))
     assert meta2.header["Derivation"] == "brighter"
+
+
+@pytest.mark.parametrize("mode,dtype,shape,compression", [
+    ("RGB", np.uint8, (9, 13, 3), "tiff_lzw"), ("I;16", np.uint16, (9, 13), "raw"), ("F", np.float32, (9, 13), "jpeg"),
+])
+def test_tiff_round_trip(tmp_path, mode, dtype, shape, compression):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    src = tmp_path / "img.tif"
+    arr0 = (rng.random(shape) * (1 if dtype == np.float32 else 250)).astype(dtype)
+    save_kw = {"compression": "tiff_lzw" if compression == "jpeg" else compression, "description": "fundus, left eye"}
+    Image.fromarray(arr0).save(src, **save_kw)
+    arr, meta = read_image(src)
+    assert meta.format == "tiff" and arr.dtype == dtype and arr.shape == shape and probe_image(src)["shape"] == shape
+    np.testing.assert_array_equal(arr, arr0)
+    # a source the writer must not re-compress lossily (JPEG) is written with LZW instead
+    meta.header["compression"] = compression
+    intended = arr.astype(np.float64) + (0.25 if dtype == np.float32 else 7)
+    write_image(intended, meta, tmp_path / "o.tiff", derivation="brighter")
+    back, meta2 = read_image(tmp_path / "o.tiff")
+    top = None if dtype == np.float32 else np.iinfo(dtype).max  # integers are clipped to the type, never wrapped
+    np.testing.assert_array_equal(back, intended.astype(np.float32) if top is None else np.clip(intended, 0, top))
+    assert meta2.header["ImageDescription"] == "fundus, left eye\nDerivation: brighter"
+    assert meta2.header["compression"] == ("tiff_lzw" if compression == "jpeg" else compression)
+    with pytest.raises(ArgumentError, match="ending in .tif or .tiff"):
+        write_image(arr, meta, tmp_path / "o.png")
+
+
+def test_tiff_multipage_and_magic_bytes(tmp_path):
+    from PIL import Image
+
+    pages = [Image.fromarray(np.full((4, 5), v, np.uint8)) for v in (1, 2)]
+    stack = tmp_path / "stack.tif"
+    pages[0].save(stack, save_all=True, append_images=pages[1:])
+    _assert_input_error(stack, "2 pages")
+    nameless = tmp_path / "picture"  # no suffix: recognised by its magic bytes
+    pages[0].save(nameless, format="TIFF")
+    assert detect_format(nameless) == "tiff" and read_image(nameless)[0].shape == (4, 5)
+
+
+@pytest.fixture
+def drive_root() -> Path:
+    """The real DRIVE copy (``$TRUST_MONAI_DRIVE`` or ``../shared/data/DRIVE``), or skip."""
+    env = os.environ.get("TRUST_MONAI_DRIVE", "").strip()
+    path = Path(env) if env else Path(__file__).resolve().parents[3] / "shared/data/DRIVE"
+    if not (path / "training/images").is_dir():
+        pytest.skip(f"no DRIVE copy at {path} (set $TRUST_MONAI_DRIVE)")
+    return path
+
+
+def test_drive_tiff_agrees_with_monai(drive_root):
+    """The distributed DRIVE photograph (RGB, LZW TIFF) reads as MONAI's loader reads it, transposed to (H, W, C)."""
+    from monai.transforms import LoadImage
+
+    src = drive_root / "training" / "images" / "21_training.tif"
+    arr, meta = read_image(src)
+    assert meta.format == "tiff" and arr.shape == (584, 565, 3) and arr.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(LoadImage(image_only=True)(str(src))), arr.swapaxes(0, 1))
 
 
 def test_single_dicom_file(tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +190,43 @@ def test_victim_study_writes_reliance_and_curves(tmp_path):
     assert (tmp_path / "out" / "per_case.csv").read_text().count("\n") == 1 + 4 * 2  # 4 victims x 2 test cases
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "dice_std" in summary and summary.count("\n") == 4
+
+
+def test_protect_drive_tiff_photograph_through_case_writer(tmp_path):
+    """A DRIVE photograph as distributed (RGB LZW TIFF) with its manual mask as PNG: the protected copy is a TIFF of the
+    same shape and type, every channel moved alike within eps, nothing outside mask + band, and it trains as before."""
+    from trust_monai.data.io import read_image
+    from trust_monai.engines.case_writer import CaseWriter
+
+    env = os.environ.get("TRUST_MONAI_DRIVE", "").strip()
+    drive = Path(env) if env else Path(__file__).resolve().parents[3] / "shared/data/DRIVE"
+    if not (drive / "training/images").is_dir():
+        pytest.skip(f"no DRIVE copy at {drive} (set $TRUST_MONAI_DRIVE)")
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    (ds / "labels").mkdir()
+    photo = ds / "images" / "21_training.tif"
+    photo.write_bytes((drive / "training/images/21_training.tif").read_bytes())
+    mask = (np.array(Image.open(drive / "training/1st_manual/21_manual1.gif")) > 0).astype(np.uint8)
+    Image.fromarray(mask).save(ds / "labels" / "21.png")
+    doc = {"labels": {"0": "background", "1": "vessel"},
+           "training": [{"image": "images/21_training.tif", "label": "labels/21.png"}], "test": []}
+    (ds / "dataset.json").write_text(json.dumps(doc))
+    before = photo.read_bytes()
+
+    torch.manual_seed(0)
+    gen = UMedGenerator(2, num_classes=2, channels=(4, 8), strides=(2,), epsilon=4 / 255)
+    CaseWriter(ds, tmp_path / "out", UMedProtector(gen, num_classes=2), bundle="umed", progress=False).run()
+    assert photo.read_bytes() == before  # input untouched
+    src, _ = read_image(photo)
+    out, meta = read_image(tmp_path / "out" / "images" / "21_training.tif")
+    assert meta.format == "tiff" and out.shape == src.shape and out.dtype == np.uint8
+    diff = out.astype(int) - src
+    # one change for R, G and B, except where a channel is at the end of its range (a fundus red channel often is)
+    free = ((src > 4) & (src < 251)).all(-1)
+    assert free.mean() > 0.5
+    assert (diff[free][:, 0] == diff[free][:, 1]).all() and (diff[free][:, 1] == diff[free][:, 2]).all()
+    assert 0 < np.abs(diff).max() <= 4  # 4/255 of the photograph's window, rounded down to whole grey levels
+    band, region = contour_band(torch.as_tensor(mask)[None, None].float(), gen.band_width)
+    assert (diff[~(region[0, 0].numpy() > 0)] == 0).all()
+    assert (diff[mask > 0] != 0).mean() > 0.5  # the class code reaches most vessel pixels

@@ -1,4 +1,4 @@
-"""Read and write medical images without losing geometry or headers: NIfTI, NRRD, DICOM series, PNG.
+"""Read and write medical images without losing geometry or headers: NIfTI, NRRD, DICOM series, PNG, TIFF.
 
 Hospitals share data in the format they produced it in, so :func:`write_image` always writes the format
 :func:`read_image` read, with the original header(s), geometry and on-disk data type.
@@ -12,8 +12,8 @@ varies fastest in the file comes first.
   (ImageOrientationPatient[3:]) and ``k`` along the slice normal in increasing position, so
   ``array[:, :, k] == pixel_array.T`` of the k-th slice. A single DICOM file gives shape ``(columns, rows, 1)``.
   Values are modality values (RescaleSlope/RescaleIntercept applied, e.g. Hounsfield units).
-* PNG (natural images, no geometry): ``H x W`` or ``H x W x C`` uint8 (uint16 for 16-bit PNGs) as in
-  PIL/torchvision, with an identity affine; palette images are expanded to RGB(A).
+* PNG / TIFF (2D pictures, no geometry; :mod:`trust_monai.data.io_picture`): ``H x W`` or ``H x W x C`` in the
+  file's type (uint8, uint16, float32) as in PIL/torchvision, with an identity affine; palette images become RGB(A).
 
 ``ImageMeta.affine`` maps ``(i, j, k, 1)`` to RAS+ world millimetres, the convention of nibabel and of MONAI's
 ``MetaTensor.affine``; DICOM and NRRD (LPS) are converted on read and back on write.
@@ -39,8 +39,13 @@ import numpy as np
 from trust_monai.errors import ArgumentError, InputFileError, OutputExistsError, TrustMonaiError
 from trust_monai.utils.fileio import atomic_path
 
+from .io_picture import (
+    PICTURE_FORMATS, PICTURE_SUFFIXES, picture_format, probe_picture, read_picture, sniff_picture, write_picture,
+)
+
 __all__ = [
     "IMAGE_FORMATS",
+    "PICTURE_FORMATS",
     "ImageMeta",
     "detect_format",
     "probe_image",
@@ -50,7 +55,7 @@ __all__ = [
     "deidentify_header",
 ]
 
-IMAGE_FORMATS = ("nifti", "nrrd", "dicom", "png")
+IMAGE_FORMATS = ("nifti", "nrrd", "dicom") + PICTURE_FORMATS
 
 # LPS (DICOM, ITK, most NRRD) <-> RAS (nibabel, MONAI): negate the first two world axes.
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -76,7 +81,7 @@ class ImageMeta:
     """Everything :func:`write_image` needs to write an array back in its original format.
 
     Attributes:
-        format: one of ``"nifti"``, ``"nrrd"``, ``"dicom"``, ``"png"``.
+        format: one of ``"nifti"``, ``"nrrd"``, ``"dicom"``, ``"png"``, ``"tiff"``.
         source: the path that was read (a file, or the DICOM series folder).
         affine: 4x4 voxel-index -> RAS world (mm) matrix, as ``nibabel.affine`` / ``MetaTensor.affine``.
         spacing: voxel size along each spatial array axis (column norms of the affine).
@@ -85,7 +90,7 @@ class ImageMeta:
         shape: shape of the array that was read.
         header: what is needed to write back: a nibabel header (NIfTI, with the original scl_slope/scl_inter set),
             the pynrrd header dict (NRRD), a list of pydicom Datasets per slice in array ``k`` order with PixelData
-            removed (DICOM), or the PIL ``info`` dict plus ``"mode"`` (PNG).
+            removed (DICOM), or the PIL ``info`` dict / kept TIFF tags plus ``"mode"`` (PNG / TIFF).
     """
 
     format: str
@@ -112,7 +117,7 @@ class ImageMeta:
     def value_step(self) -> float:
         """Spacing of the values the file can store, in the units :func:`read_image` returns (0: continuous).
 
-        A DICOM series stores integers times RescaleSlope, an integer NIfTI integers times scl_slope, NRRD / PNG
+        A DICOM series stores integers times RescaleSlope, an integer NIfTI integers times scl_slope, NRRD / PNG / TIFF
         integer types whole numbers. A change meant to stay within a budget must be rounded to this grid *before*
         the budget is checked, or the writer's rounding could carry it past the budget.
         """
@@ -164,8 +169,8 @@ def detect_format(path: str | os.PathLike) -> str:
         return "nifti"
     if name.endswith((".nrrd", ".nhdr")):
         return "nrrd"
-    if name.endswith(".png"):
-        return "png"
+    if picture_format(p):
+        return picture_format(p)
     if p.suffix.lower() in _DICOM_SUFFIXES:
         return "dicom"
     # No telling suffix (DICOM files are often named by UID or number): look at the magic bytes.
@@ -178,11 +183,11 @@ def detect_format(path: str | os.PathLike) -> str:
         return "dicom"
     if head.startswith(b"NRRD"):
         return "nrrd"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
+    if sniff_picture(head):
+        return sniff_picture(head)
     if head[344:348] in (b"n+1\x00", b"n+2\x00"):
         return "nifti"
-    raise InputFileError(p, "unsupported file type (expected .nii/.nii.gz, .nrrd/.nhdr, .png, DICOM file or folder)")
+    raise InputFileError(p, "unsupported file type (expected .nii/.nii.gz, .nrrd/.nhdr, .png, .tif/.tiff, DICOM file or folder)")
 
 
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
@@ -191,7 +196,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     Args:
         path: a NIfTI file (.nii, .nii.gz), an NRRD file (.nrrd, .nhdr), a DICOM series folder (one series; files
             sorted by position along the slice normal, not by name; sub-folders are not searched), a single DICOM
-            file, or a PNG.
+            file, or a PNG / TIFF picture.
 
     Returns:
         ``(array, meta)``: the array in the axis convention described in the module docstring (native byte order),
@@ -202,9 +207,11 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     """
     p = Path(path)
     fmt = detect_format(p)
-    reader = {"nifti": _read_nifti, "nrrd": _read_nrrd, "dicom": _read_dicom, "png": _read_png}[fmt]
     with _as_input_error(p, fmt):
-        arr, meta = reader(p)
+        if fmt in PICTURE_FORMATS:
+            arr, meta = read_picture(p, fmt)
+        else:
+            arr, meta = {"nifti": _read_nifti, "nrrd": _read_nrrd, "dicom": _read_dicom}[fmt](p)
     return arr, meta
 
 
@@ -229,14 +236,14 @@ def write_image(
     UIDs are derived from the source UIDs, the derivation and the pixel values, so writing the same result twice gives
     the same bytes, and a different result different UIDs.
     For NIfTI the derivation goes into ``descrip`` (80 bytes), for NRRD into a ``derivation:=`` key/value, for PNG
-    into a ``Derivation`` text chunk.
+    into a ``Derivation`` text chunk, for TIFF after the ImageDescription.
 
     Args:
         array: image in the convention of :func:`read_image` (numpy, or a CPU/GPU torch tensor); for DICOM its
             shape must match the source slices.
         meta: the :class:`ImageMeta` from :func:`read_image`. For NIfTI/NRRD ``meta.affine`` is written (so a changed
             affine is honoured); DICOM geometry comes from the slice headers and must match ``meta.affine``.
-        out_path: output file (``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr``, ``.png``) or DICOM folder. An existing
+        out_path: output file (``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr``, ``.png``, ``.tif``/``.tiff``) or DICOM folder. An existing
             output file is replaced; an existing non-empty DICOM output folder is refused.
         derivation: free-text note of what was done to the image (e.g. "adversarial protection, eps=2/255").
         derivation_code: optional DICOM code for DerivationCodeSequence: a ``pydicom.sr.coding.Code`` or a
@@ -262,7 +269,7 @@ def write_image(
     if meta.format == "dicom":
         _write_dicom(array, meta, out, derivation, derivation_code, deidentify=deidentify)
         return out
-    writer = {"nifti": _write_nifti, "nrrd": _write_nrrd, "png": _write_png}[meta.format]
+    writer = {"nifti": _write_nifti, "nrrd": _write_nrrd, "png": write_picture, "tiff": write_picture}[meta.format]
     writer(array, meta, out, derivation, derivation_code)
     return out
 
@@ -289,8 +296,8 @@ def to_metatensor(array: np.ndarray, meta: ImageMeta):
         arr = arr.astype(widen[arr.dtype])
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    channel_last = meta.format == "png" and arr.ndim == 3
-    spatial = arr.shape[:2] if meta.format == "png" else arr.shape[:3]
+    channel_last = meta.format in PICTURE_FORMATS and arr.ndim == 3
+    spatial = arr.shape[:2] if meta.format in PICTURE_FORMATS else arr.shape[:3]
     info = {
         "filename_or_obj": meta.source,
         "original_affine": np.array(meta.affine, dtype=np.float64),
@@ -321,9 +328,11 @@ def probe_image(path: str | os.PathLike) -> dict:
     """
     p = Path(path)
     fmt = detect_format(p)
-    prober = {"nifti": _probe_nifti, "nrrd": _probe_nrrd, "dicom": _probe_dicom, "png": _probe_png}[fmt]
     with _as_input_error(p, fmt):
-        shape = prober(p)
+        if fmt in PICTURE_FORMATS:
+            shape = probe_picture(p, fmt)
+        else:
+            shape = {"nifti": _probe_nifti, "nrrd": _probe_nrrd, "dicom": _probe_dicom}[fmt](p)
     return {"format": fmt, "shape": tuple(int(s) for s in shape)}
 
 
@@ -430,7 +439,7 @@ def _check_not_input(out: Path, meta: ImageMeta) -> None:
 
 def _check_suffix(out: Path, fmt: str) -> None:
     name = out.name.lower()
-    allowed = {"nifti": (".nii", ".nii.gz"), "nrrd": (".nrrd", ".nhdr"), "png": (".png",)}[fmt]
+    allowed = {"nifti": (".nii", ".nii.gz"), "nrrd": (".nrrd", ".nhdr"), **PICTURE_SUFFIXES}[fmt]
     if not name.endswith(allowed):
         raise ArgumentError(f"{out}: a {fmt} image must be written to a file ending in {' or '.join(allowed)}")
 
@@ -706,71 +715,6 @@ def _probe_nrrd(path: Path) -> tuple[int, ...]:
     elif enc == "raw" and target.stat().st_size - start < nbytes:
         raise InputFileError(target, f"truncated: {target.stat().st_size - start} data bytes, header says {nbytes}")
     return shape
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# PNG
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _read_png(path: Path) -> tuple[np.ndarray, ImageMeta]:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.load()
-        if img.format != "PNG":
-            raise InputFileError(path, f"not a PNG ({img.format})")
-        info = dict(img.info)
-        if img.mode == "P":  # palette: give the colours, not palette indices
-            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        elif img.mode == "1":
-            img = img.convert("L")
-        elif img.mode == "I":  # PIL's 16-bit greyscale may load as 32-bit; the file holds 16 bits
-            img = img.convert("I;16")
-        arr = np.array(img)
-        info["mode"] = img.mode
-    arr = _native(arr)
-    return arr, ImageMeta("png", str(path), np.eye(4), (1.0, 1.0), arr.dtype, arr.shape, info)
-
-
-def _write_png(array: np.ndarray, meta: ImageMeta, out: Path, derivation: str, _code: Any) -> None:
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
-    _check_suffix(out, "png")
-    data = _to_stored(array, meta.dtype)
-    try:
-        img = Image.fromarray(data)
-    except (TypeError, ValueError) as e:  # a shape / type PNG cannot hold, e.g. (H, W, 1, 1) or 5 channels
-        raise ArgumentError(f"{out}: a {data.dtype} array of shape {data.shape} cannot be written as PNG "
-                            f"(H x W, or H x W x 2/3/4): {e}") from None
-    info = PngInfo()
-    for key, value in (meta.header or {}).items():
-        # text chunks; binary chunks (icc, exif) are passed below; an older Derivation is replaced by the new one
-        if isinstance(value, str) and key != "mode" and not (derivation and key == "Derivation"):
-            info.add_text(key, value)
-    if derivation:
-        info.add_text("Derivation", derivation)
-    kwargs: dict[str, Any] = {"pnginfo": info}
-    for key in ("dpi", "icc_profile", "exif"):
-        if key in (meta.header or {}):
-            kwargs[key] = meta.header[key]
-    with atomic_path(out) as tmp:
-        img.save(tmp, format="PNG", **kwargs)
-
-
-def _probe_png(path: Path) -> tuple[int, ...]:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        if img.format != "PNG":
-            raise InputFileError(path, f"not a PNG ({img.format})")
-        (w, h), mode, info = img.size, img.mode, dict(img.info)
-        img.verify()  # checks chunk CRCs without decoding the pixels
-    # the same mode conversions as _read_png
-    converted = {"P": 4 if "transparency" in info else 3, "1": 1, "I": 1}
-    bands = converted[mode] if mode in converted else Image.getmodebands(mode)
-    return (h, w) if bands == 1 else (h, w, bands)
 
 
 # --------------------------------------------------------------------------------------------------------------------

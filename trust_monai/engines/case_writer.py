@@ -17,7 +17,7 @@ from monai.engines import Workflow
 from ignite.engine import Events
 
 from ..data.datalist import check_readable, load_datalist
-from ..data.io import detect_format, read_image, write_image
+from ..data.io import PICTURE_FORMATS, detect_format, read_image, write_image
 from ..errors import CaseError, CasesFailed, InputFileError
 from ..utils.fileio import atomic_path, atomic_write_json, remove_stale_temps, sha256_file
 from .manifest import Manifest
@@ -35,8 +35,8 @@ def read_case_label(entry: dict, image, meta, method: str):
         raise CaseError(f"{entry.get('image')}: {method} needs a label mask for every case (datalist 'label')")
     label, lmeta = read_image(label_path)
     # a PNG's third axis is colour, never space: a colour photograph is fine, a colour mask is not
-    spatial = image.shape[:-1] if meta.format == "png" and image.ndim == 3 else image.shape
-    if lmeta.format == "png" and label.ndim == 3:
+    spatial = image.shape[:-1] if meta.format in PICTURE_FORMATS and image.ndim == 3 else image.shape
+    if lmeta.format in PICTURE_FORMATS and label.ndim == 3:
         raise CaseError(f"{label_path}: mask has {label.shape[-1]} colour channels (an RGB mask?); save one class "
                         "index per pixel as a grey image")
     if label.shape != spatial:

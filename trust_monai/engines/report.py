@@ -31,7 +31,7 @@ def before_after_png(clean_dir, changed_dir, path, section: str = "training", n:
     import matplotlib.pyplot as plt
 
     from ..data.datalist import load_datalist
-    from ..data.io import read_image
+    from ..data.io import PICTURE_FORMATS, read_image
     from ..transforms.intensity import is_colour, to_luminance
 
     clean = load_datalist(clean_dir, section, keys=("image", "label"))
@@ -56,7 +56,7 @@ def before_after_png(clean_dir, changed_dir, path, section: str = "training", n:
         lab = read_image(entry["label"])[0] if isinstance(entry.get("label"), str) else None
         if lab is not None and is_colour(a, lab.ndim):  # colour photographs: show the luminance the change moved
             a, b = to_luminance(a), to_luminance(b)
-        if meta.format == "png":  # (rows, cols), top row first: the plot below draws (x, y) with y upwards
+        if meta.format in PICTURE_FORMATS:  # (rows, cols), top row first: the plot below draws (x, y) with y upwards
             a, b = a.T[:, ::-1], b.T[:, ::-1]
             lab = lab.T[:, ::-1] if lab is not None else None
         a2, l2 = _middle_slice(np.asarray(a, np.float64), lab)

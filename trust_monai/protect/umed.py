@@ -260,12 +260,13 @@ class UMedProtector:
 
     def __call__(self, image, meta, entry: dict):
         """CaseWriter processor: read and check the case's mask, then :meth:`protect`."""
+        from ..data.io import PICTURE_FORMATS
         from ..engines.case_writer import read_case_label
 
         label, label_path = read_case_label(entry, image, meta, "UMed")
         # the datalist's modality, else the DICOM header's: a CT series must get the CT window, not MR percentiles
         modality = entry.get("modality") or meta.modality or "MR"
-        if meta.format == "png":
+        if meta.format in PICTURE_FORMATS:
             # PIL arrays are (rows, cols); MONAI's loader, which the generator was trained through, gives (cols, rows)
             out, metrics = self.protect(image.swapaxes(0, 1), label.swapaxes(0, 1), modality, name=entry["image"],
                                         label_name=label_path, step=meta.value_step)
