@@ -160,15 +160,7 @@ class _Sampler:
             TrustMonaiError: ``radius <= 0``, bad sampling settings, or ``max_samples`` below the smallest budget that
                 could certify ``radius`` at ``alpha`` (the message gives that minimum), all before any sampling.
         """
-        if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
-            raise TrustMonaiError(f"radius must be a finite number > 0, got {radius!r}")
-        self._check_sequential(n0, max_samples, alpha, batch_size, first)
-        schedule = seq.Schedule.make(alpha, int(max_samples), first, growth)
-        if self._score(np.full(self._halves, (schedule.alphas[-1] / self._halves) ** (1.0 / max_samples))) <= radius:
-            least = seq.min_samples_decide(self._score, self._halves, radius, alpha, first, growth)
-            raise TrustMonaiError(
-                f"max_samples={max_samples} cannot certify radius {radius:g} at alpha {alpha:g} even if every sample "
-                f"agreed; use max_samples >= {least}")
+        schedule = self.check_decide(radius, alpha, max_samples, batch_size, n0, first, growth)
         t0 = time.perf_counter()
         top = self._select(x, n0, batch_size)
         res = seq.decide(self._drawer(x, top, batch_size), self._score, self._halves, float(radius), schedule)
@@ -196,6 +188,33 @@ class _Sampler:
         data-dependent stop is valid with probability at least ``1 - alpha``; the tolerance is a plug-in prediction and
         affects only how much radius is traded, never the guarantee (:mod:`trust_monai.certify.sequential`).
         """
+        schedule = self.check_adaptive(alpha, max_samples, batch_size, n0, tolerance, first, growth, final_share)
+        t0 = time.perf_counter()
+        top = self._select(x, n0, batch_size)
+        res = seq.adaptive(self._drawer(x, top, batch_size), self._score, self._halves, schedule, float(tolerance))
+        pred, radius = (top, res.radius) if res.certified else (ABSTAIN, 0.0)
+        used = self._halves * (n0 + res.n)
+        self._record("adaptive", pred, radius, n0, res, label, used, t0)
+        return pred, radius, used
+
+    def check_decide(self, radius, alpha, max_samples, batch_size, n0=100, first=32, growth=2.0) -> seq.Schedule:
+        """Refuse bad :meth:`decide` settings (no sampling): ``radius <= 0``, bad sampling arguments, or a
+        ``max_samples`` too small to certify ``radius`` at ``alpha`` even if every sample agreed (the message names
+        the minimum). Returns the look schedule."""
+        if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
+            raise TrustMonaiError(f"radius must be a finite number > 0, got {radius!r}")
+        self._check_sequential(n0, max_samples, alpha, batch_size, first)
+        schedule = seq.Schedule.make(alpha, int(max_samples), first, growth)
+        if self._score(np.full(self._halves, (schedule.alphas[-1] / self._halves) ** (1.0 / max_samples))) <= radius:
+            least = seq.min_samples_decide(self._score, self._halves, radius, alpha, first, growth)
+            raise TrustMonaiError(
+                f"max_samples={max_samples} cannot certify radius {radius:g} at alpha {alpha:g} even if every sample "
+                f"agreed; use max_samples >= {least}")
+        return schedule
+
+    def check_adaptive(self, alpha, max_samples, batch_size, n0=100, tolerance=0.05, first=100, growth=2.0,
+                       final_share=0.5) -> seq.Schedule:
+        """Refuse bad :meth:`certify_adaptive` settings (no sampling), as :meth:`check_decide`."""
         if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
             raise TrustMonaiError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
         self._check_sequential(n0, max_samples, alpha, batch_size, first)
@@ -204,13 +223,7 @@ class _Sampler:
             least = seq.min_samples_adaptive(self._score, self._halves, alpha, first, growth, final_share)
             raise TrustMonaiError(f"max_samples={max_samples} cannot certify any radius at alpha {alpha:g}; "
                                   f"use max_samples >= {least}")
-        t0 = time.perf_counter()
-        top = self._select(x, n0, batch_size)
-        res = seq.adaptive(self._drawer(x, top, batch_size), self._score, self._halves, schedule, float(tolerance))
-        pred, radius = (top, res.radius) if res.certified else (ABSTAIN, 0.0)
-        used = self._halves * (n0 + res.n)
-        self._record("adaptive", pred, radius, n0, res, label, used, t0)
-        return pred, radius, used
+        return schedule
 
     @staticmethod
     def _check_sequential(n0, max_samples, alpha, batch_size, first) -> None:
