@@ -94,10 +94,30 @@ class CLI:
         return self._verb("purify", input, output, ckpt_dir, spatial_dims, overwrite, deidentify, overrides, roi)
 
     def certify(self, input: str, output: str, ckpt_dir: str | None = None, spatial_dims: int | None = None,
-                roi: str | None = None, **overrides):
+                roi: str | None = None, bundle: str | None = None, **overrides):
         """Certified segmentation (RS and DRS) of the scans in INPUT: label maps with an abstain label, per-case
         certified fraction and radius, report.html. A DICOM series' label maps are also written as DICOM SEG
-        (<series>_seg.dcm, abstain its own segment) referencing the input series; --roi as for ``protect``."""
+        (<series>_seg.dcm, abstain its own segment) referencing the input series; --roi as for ``protect``.
+
+        --bundle DIR: certify with YOUR model instead, a MONAI bundle in model-zoo layout (configs/inference.json
+        with network_def and preprocessing, models/model.pt), as the base classifier of randomized smoothing.
+        Options: --sigma (0.25) --mode fixed|decide|adaptive --radius R (decide) --tolerance (adaptive, 0.05)
+        --n0 --n --alpha --batch_size --tau (segmentation) --noise_finetune_epochs E --train DATASET_JSON
+        --device --seed --max_images. INPUT: a folder of images, one image, or a dataset.json (test section).
+        A model not trained with noise gives small radii: see trust_monai.engines.certify_bundle.
+        """
+        if bundle is not None:
+            import inspect
+
+            from .engines.certify_bundle import certify_bundle
+
+            allowed = set(inspect.signature(certify_bundle).parameters) - {"bundle", "input", "output"}
+            unknown = sorted(set(overrides) - allowed)
+            if unknown or ckpt_dir or spatial_dims or roi:
+                raise TrustMonaiError(f"certify --bundle takes {', '.join('--' + a for a in sorted(allowed))}; "
+                                      f"not {', '.join('--' + u for u in unknown) or '--ckpt_dir/--spatial_dims/--roi'}")
+            certify_bundle(str(bundle), str(input), str(output), **overrides)
+            return 0
         return self._verb("certify", input, output, ckpt_dir, spatial_dims, False, False, overrides, roi)
 
     def detect(self, input: str, output: str, ckpt_dir: str | None = None, **overrides):
