@@ -11,6 +11,14 @@ full-resolution map, and certifies a pixel when both halves' tests reject (``p_l
 Holm family holding both halves' hypotheses; :class:`~trust_monai.certify.smooth.DualSmooth`'s proof, applied to each
 pixel, gives the radius ``(PhiInv(tau_l) + PhiInv(tau_r)) / sqrt(sigma_l^-2 + sigma_r^-2)`` (needs
 ``tau_l + tau_r > 1``).
+
+No sequential (``decide`` / ``adaptive``) form here, on purpose. One would be sound: run Holm over all pixels at
+level ``alpha_k`` at each fixed look ``k`` (``sum_k alpha_k = alpha``) and keep a pixel certified once rejected; the
+family-wise error over all looks is at most ``alpha`` by the union bound. But a map's samples are shared by all its
+pixels, so sampling can stop only when *every* pixel is decided, and a segmentation almost always has pixels on class
+boundaries whose probability sits at ``tau``: the map runs to ``max_samples`` anyway, and the per-look Holm level
+``alpha / K`` then certifies fewer pixels than the fixed-``n`` rule at the same ``n``. Fixed ``n`` (Fischer et al.)
+stays the rule for maps; the per-input rules live in :mod:`trust_monai.certify.sequential`.
 """
 
 from __future__ import annotations
