@@ -116,3 +116,27 @@ def test_certify_bundle_console_script(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = _rows(out)
     assert len(rows) == 2 and all(r["mode"] == "adaptive" and int(r["samples_used"]) <= 510 for r in rows)
+
+
+def test_certify_bundle_noise_finetune(tmp_path):
+    """--noise_finetune_epochs fine-tunes a copy on --train's labelled training section, saves it in the output,
+    certifies with it, and leaves the bundle's own weights untouched."""
+    b, imgs = _bundle(tmp_path), _images(tmp_path, 4)
+    before = (b / "models" / "model.pt").read_bytes()
+    train = {"training": [{"image": f"imgs/img{i}.png", "label": i % 3} for i in range(4)],
+             "test": [{"image": "imgs/img0.png", "label": 0}, {"image": "imgs/img1.png", "label": 1}]}
+    (tmp_path / "data.json").write_text(json.dumps(train))
+    out = tmp_path / "ft"
+    main(["certify", str(tmp_path / "data.json"), str(out), "--bundle", str(b), "--noise_finetune_epochs", "1",
+          "--train", str(tmp_path / "data.json"), "--n0", "10", "--n", "100", "--batch_size", "50"])
+    assert (out / "model_noise_finetuned.pt").is_file()
+    tuned = torch.load(out / "model_noise_finetuned.pt", weights_only=True)
+    orig = torch.load(b / "models" / "model.pt", weights_only=True)
+    assert any(not torch.equal(tuned[k], orig[k]) for k in orig if orig[k].is_floating_point())
+    assert (b / "models" / "model.pt").read_bytes() == before
+    rows = _rows(out)
+    assert [int(r["label"]) for r in rows] == [0, 1]
+    assert all(r["correct"] in ("True", "False") for r in rows)
+    assert json.loads((out / "summary.json").read_text())["noise_finetune_epochs"] == 1
+    with pytest.raises(SystemExit):
+        main(["certify", str(imgs), str(tmp_path / "ft2"), "--bundle", str(b), "--noise_finetune_epochs", "1"])

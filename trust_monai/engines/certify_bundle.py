@@ -157,7 +157,7 @@ def _finetune(net, pre, train, sigma, epochs, device, seed, out: Path):
             loss = torch.nn.functional.cross_entropy(net(x), ys[idx])
             loss.backward()
             opt.step()
-        logger.info(f"noise fine-tune epoch {epoch + 1}/{epochs}: loss {float(loss):.4f}")
+        logger.info(f"noise fine-tune epoch {epoch + 1}/{epochs}: loss {float(loss.detach()):.4f}")
     net.eval()
     save_state_dict({k: v.detach().cpu() for k, v in net.state_dict().items()}, out / "model_noise_finetuned.pt")
     return net
