@@ -1,7 +1,8 @@
 """trust_monai.detect: MoE-FFD forgery detection of scans and faces.
 
 - :mod:`.data`: real-versus-fake data sets made from the offline sample data (copy-move, self-blended, VAE-generated
-  scans; self-blended and face-swapped faces) and the dataset that reads them.
+  and 3D-consistent lesion-tampered scans; self-blended and face-swapped faces); :mod:`.fundus`: the same for DRIVE
+  fundus photographs; :mod:`.dataset`: the dataset that reads them (2.5D slices, fresh and paired fakes).
 - :mod:`.engine`: training loss, checkpoint loading, scoring (volumes by slice aggregation), report and evaluation.
 - :mod:`.metrics` (AUC, AP, EER, accuracy), :mod:`.figures` (ROC, saliency heatmaps), :mod:`.generative` (the VAE).
 
@@ -13,8 +14,12 @@ import importlib
 _EXPORTS = {
     "prepare_scan_forgery": ".data",
     "prepare_face_forgery": ".data",
-    "ForgeryDataset": ".data",
+    "ForgeryDataset": ".dataset",
+    "slices_with_context": ".dataset",
+    "paired_collate": ".dataset",
+    "prepare_fundus_forgery": ".fundus",
     "SCAN_KINDS": ".data",
+    "VOLUME_KINDS": ".data",
     "FACE_KINDS": ".data",
     "MoELoss": ".engine",
     "load_detector": ".engine",
