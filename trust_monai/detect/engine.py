@@ -9,8 +9,8 @@
   atomically), ``scores.csv`` (one row per slice: image, slice index, score), ``volumes.csv`` (one row per volume:
   image, score) and ``heatmaps.png`` (gradient saliency).
 - :class:`DetectionEvaluation`: the same scores against the labels: AUC, AP, EER, accuracy at 0.5 per fake kind and
-  level (image / slice / volume; slice level also per held-out volume), ``metrics.csv`` + ``metrics.md`` + ``roc.png``; fake kinds not in ``train_kinds``
-  are marked unseen (the cross-manipulation protocol).
+  level (image / slice / volume; slice level also per held-out volume), ``metrics.csv`` + ``metrics.md`` +
+  ``roc.png``; fake kinds not in ``train_kinds`` are marked unseen (the cross-manipulation protocol).
 """
 
 from __future__ import annotations
@@ -201,8 +201,10 @@ class DetectionInference:
     def write_csv(self, records: list[dict], volumes: list[dict]) -> None:
         """``scores.csv`` (image, slice, score: one row per slice, a 2D image is slice 0 unless its datalist names
         one) and ``volumes.csv`` (image, score: one row per volume), so any tool can read the scores."""
-        rows = [(r["image"], z, v) for r in records
-                for z, v in (enumerate(r["slice_scores"]) if "slice_scores" in r else [(r.get("slice", 0), r["score"])])]
+        rows = []
+        for r in records:
+            per_slice = enumerate(r["slice_scores"]) if "slice_scores" in r else [(r.get("slice", 0), r["score"])]
+            rows += [(r["image"], z, v) for z, v in per_slice]
         for name, table, header in (("scores.csv", rows, ("image", "slice", "score")),
                                     ("volumes.csv", [(v["image"], v["score"]) for v in volumes], ("image", "score"))):
             buf = io.StringIO()
