@@ -23,7 +23,7 @@ from trust_monai.label.service import (
 )
 from trust_monai.utils.checkpoint import save_state_dict
 
-DETECT = {"img_size": 32, "embed_dim": 32, "depth": 2, "num_heads": 2, "lora_ranks": [2, 4]}
+DETECT = {"img_size": 32, "patch_size": 8, "pretrained": None, "embed_dim": 32, "depth": 2, "num_heads": 2, "lora_ranks": [2, 4]}
 FAST = {"n0": 2, "n": 16, "batch_size": 8}
 
 
