@@ -32,7 +32,7 @@ VENV = Path(os.environ.get("TRUST_MONAI_LABEL_VENV", REPO / ".venv-monailabel"))
 STUDIES = ("mni152_z060", "mni152_z065", "mni152_z070")
 BROKEN = "broken_scan"  # a truncated file, with a final label: each task must name it and go on with the others
 # the detector at bundles/moe_ffd's smoke sizes (metadata.json trust_monai.smoke_overrides)
-DETECT = {"img_size": 32, "embed_dim": 32, "depth": 2, "num_heads": 2, "lora_ranks": [2, 4]}
+DETECT = {"img_size": 32, "patch_size": 8, "pretrained": None, "embed_dim": 32, "depth": 2, "num_heads": 2, "lora_ranks": [2, 4]}
 
 
 def _registry_reachable() -> bool:
