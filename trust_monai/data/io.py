@@ -169,8 +169,8 @@ def detect_format(path: str | os.PathLike) -> str:
         return "nifti"
     if name.endswith((".nrrd", ".nhdr")):
         return "nrrd"
-    if picture_format(p):
-        return picture_format(p)
+    if fmt := picture_format(p):
+        return fmt
     if p.suffix.lower() in _DICOM_SUFFIXES:
         return "dicom"
     # No telling suffix (DICOM files are often named by UID or number): look at the magic bytes.
@@ -183,8 +183,8 @@ def detect_format(path: str | os.PathLike) -> str:
         return "dicom"
     if head.startswith(b"NRRD"):
         return "nrrd"
-    if sniff_picture(head):
-        return sniff_picture(head)
+    if fmt := sniff_picture(head):
+        return fmt
     if head[344:348] in (b"n+1\x00", b"n+2\x00"):
         return "nifti"
     raise InputFileError(p, "unsupported file type (expected .nii/.nii.gz, .nrrd/.nhdr, .png, .tif/.tiff, DICOM file or folder)")
