@@ -311,6 +311,39 @@ class TestBehaviour(unittest.TestCase):
             state = torch.load(Path(d) / "surrogate.pt", weights_only=True)
             self.assertEqual(set(state), set(net.state_dict()))
 
+    def test_em_trainer_reinit_gives_fresh_surrogate_and_augment_runs(self):
+        """``reinit_every=1``: the surrogate of round 2 starts from new random weights, so after the run its weights
+        differ from those of a surrogate trained on without reset by more than the last round's steps would make
+        them; with ``augment`` the surrogate trains on cropped / flipped batches of the same shape."""
+        x, y, _, _ = _digits(100)
+        ds = _Items(x, y)
+        seen = []
+
+        class Spy(torch.nn.Module):  # records the weights at the start of every surrogate step
+            def __init__(self):
+                super().__init__()
+                self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+
+            def forward(self, inp):
+                if self.training:
+                    seen.append(self.net[1].weight.detach().clone())
+                return self.net(inp)
+
+        torch.manual_seed(0)
+        net = Spy()
+        trainer = ErrorMinimizingTrainer(
+            device="cpu", max_epochs=2, train_data_loader=torch.utils.data.DataLoader(ds, batch_size=50),
+            network=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9),
+            noise=make_poison("em_samplewise", 10, (1, 8, 8), num_samples=len(x), seed=0, steps=2), train_steps=3,
+            stop_accuracy=1.1, reinit_every=1, augment=True,
+        )
+        trainer.run()
+        self.assertEqual(len(seen), 6)
+        step = (seen[2] - seen[1]).norm()  # a step's change within round 1
+        self.assertGreater(float((seen[3] - seen[2]).norm()), 3 * float(step))  # round 2 starts from new weights
+        bound = 1 / math.sqrt(64)  # nn.Linear's uniform init bound: a reset weight lies within it
+        self.assertLessEqual(float(seen[3].abs().max()), bound)
+
     def test_synthetic_poison_trainer_does_not_train(self):
         x, y, _, _ = _digits(100)
         net = SmallResNet(2, 1, 10, widths=(8,), blocks=(1,))
@@ -352,6 +385,36 @@ class TestSmallResNet(unittest.TestCase):
     def test_shapes(self, spatial_dims, in_channels, shape):
         net = SmallResNet(spatial_dims, in_channels, 7, widths=(4, 8), blocks=(1, 1))
         self.assertEqual(tuple(net(torch.rand(shape)).shape), (2, 7))
+
+
+class TestVictimFamilies(unittest.TestCase):
+    @parameterized.expand([("resnet", 2, 1, (2, 1, 28, 28)), ("cnn", 2, 1, (2, 1, 28, 28)), ("cnn", 2, 3, (2, 3, 32, 32)),
+                           ("cnn", 3, 1, (2, 1, 8, 8, 8))])
+    def test_make_classifier_shapes(self, name, spatial_dims, in_channels, shape):
+        from trust_monai.networks.classifiers import make_classifier
+
+        net = make_classifier(name, spatial_dims, in_channels, 7)
+        self.assertEqual(tuple(net(torch.rand(shape)).shape), (2, 7))
+
+    def test_families_differ_and_unknown_name_refused(self):
+        from trust_monai.networks.classifiers import make_classifier
+        from trust_monai.networks.simple_cnn import SimpleCNN
+
+        self.assertIsInstance(make_classifier("cnn"), SimpleCNN)
+        self.assertIsInstance(make_classifier("resnet"), SmallResNet)
+        with self.assertRaises(ValueError):
+            make_classifier("vit")
+
+    def test_crop_flip_keeps_shape_and_content(self):
+        from trust_monai.transforms.crop_flip import random_crop_flip
+
+        x = torch.rand(16, 1, 8, 8)
+        out = random_crop_flip(x, 0, torch.Generator().manual_seed(0))  # no padding: identity or a flip
+        for a, b in zip(out, x):
+            self.assertTrue(torch.equal(a, b) or torch.equal(a, b.flip(-1)))
+        out = random_crop_flip(x, 2, torch.Generator().manual_seed(0))
+        self.assertEqual(out.shape, x.shape)
+        self.assertLessEqual(float(out.sum()), float(x.sum()) + 1e-4)  # a crop of the zero-padded image
 
 
 if __name__ == "__main__":

@@ -23,26 +23,13 @@ from torch.utils.data import DataLoader
 
 from ..data.classification import ImageClassificationDataset
 from ..errors import BundleError
+from ..transforms.crop_flip import random_crop_flip
 from ..utils.fileio import atomic_path, atomic_write_text
 from .poison_writer import PoisonWriter
 
 __all__ = ["VictimEvaluation"]
 
 logger = logging.getLogger("trust_monai.ue_natural")
-
-
-def _augment(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random crop with zero padding ``pad`` and random horizontal flip, per image (the papers' victim setting)."""
-    b, _, h, w = x.shape
-    xp = nn.functional.pad(x, (pad, pad, pad, pad))
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    flip = torch.rand(b, generator=generator) < 0.5
-    out = torch.empty_like(x)
-    for i in range(b):
-        crop = xp[i, :, oy[i] : oy[i] + h, ox[i] : ox[i] + w]
-        out[i] = crop.flip(-1) if flip[i] else crop
-    return out
 
 
 def _as_bool(v) -> bool:
@@ -145,7 +132,7 @@ class VictimEvaluation:
         def prepare(batch, device, non_blocking=False, **kw):
             x = batch[Keys.IMAGE]
             if self.augment:
-                x = _augment(x, pad, gen)
+                x = random_crop_flip(x, pad, gen)
             return x.to(device, non_blocking=non_blocking), batch[Keys.LABEL].to(device, non_blocking=non_blocking)
 
         handlers = [

@@ -59,6 +59,13 @@ class ErrorMinimizingTrainer(SupervisedTrainer):
     of the round ``engine.state.metrics["perturbed_acc"]`` is the surrogate's accuracy on the perturbed training set,
     and the run stops once it reaches ``stop_accuracy`` (``max_epochs`` is the round limit).
 
+    Two departures from the paper's loop make sample-wise noise transfer to victims it was not made against (see
+    ``bundles/ue_natural/docs``): ``reinit_every`` re-initialises the surrogate every that many rounds, so the noise
+    is optimised to lower the loss of *fresh* networks after a few steps (the learnability of the noise, not its fit
+    to one trained surrogate), and ``augment`` trains the surrogate on randomly cropped and flipped batches, as the
+    victim would be trained. With ``reinit_every=1`` the round's accuracy (the stop test) is that of a network trained
+    for ``train_steps`` steps from scratch on the perturbed data.
+
     For noise that is not learned (``noise.learnable`` is False: LSP, AR) the engine stops at ``STARTED``; handlers
     on ``COMPLETED`` (the checkpoint) still run.
 
@@ -74,6 +81,10 @@ class ErrorMinimizingTrainer(SupervisedTrainer):
         train_steps: surrogate SGD steps per round (10 in the paper).
         stop_accuracy: accuracy on the perturbed data that ends the run (0.99).
         surrogate_loader: shuffled loader of the surrogate steps; default ``train_data_loader``.
+        reinit_every: re-initialise the surrogate's weights (and clear the optimizer's state) at the start of every
+            ``reinit_every``-th round after the first; 0 = never (the paper).
+        augment: train the surrogate on random crop (zero padding of 1/8 of the width) + horizontal flip of the
+            perturbed batches (the victims' augmentation); the PGD pass sees the images as they are.
         other args: as :class:`monai.engines.SupervisedTrainer`; batches are dicts with ``image``, ``label``, ``index``.
     """
 
@@ -89,6 +100,8 @@ class ErrorMinimizingTrainer(SupervisedTrainer):
         train_steps: int = 10,
         stop_accuracy: float = 0.99,
         surrogate_loader: DataLoader | None = None,
+        reinit_every: int = 0,
+        augment: bool = False,
         **kwargs: Any,
     ):
         kwargs.setdefault("decollate", False)
@@ -106,6 +119,10 @@ class ErrorMinimizingTrainer(SupervisedTrainer):
         self.train_steps = int(train_steps)
         self.stop_accuracy = float(stop_accuracy)
         self.surrogate_loader = surrogate_loader if surrogate_loader is not None else train_data_loader
+        self.reinit_every = int(reinit_every)
+        from ..engines.victim import _as_bool
+
+        self.augment = _as_bool(augment)
         self._surrogate_iter = None
         self._world, self._touched = 1, None
         from ignite.engine import Events
@@ -149,13 +166,32 @@ class ErrorMinimizingTrainer(SupervisedTrainer):
         idx = torch.as_tensor(batch["index"]).to(dev)
         return x, y, idx
 
-    def _train_surrogate(self) -> float:
+    def _reinit_surrogate(self) -> None:
+        """Fresh random weights for every layer of the surrogate, no optimizer history (same on every rank)."""
+        for m in self.surrogate.modules():
+            if m is not self.surrogate and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        if hasattr(self.surrogate, "reset_parameters"):
+            self.surrogate.reset_parameters()
+        self.optimizer.state.clear()
+        if self._world > 1:
+            from ..utils.dist import broadcast_state
+
+            broadcast_state(self.surrogate)
+
+    def _train_surrogate(self, round_: int = 1) -> float:
+        if self.reinit_every > 0 and round_ > 1 and (round_ - 1) % self.reinit_every == 0:
+            self._reinit_surrogate()
         self.network.train()
         total = 0.0
         for _ in range(self.train_steps):
             x, y, idx = self._unpack(self._next_surrogate_batch())
             with torch.no_grad():
                 xp = self.noise.apply(x, idx, y)
+                if self.augment and xp.ndim == 4:
+                    from ..transforms.crop_flip import random_crop_flip
+
+                    xp = random_crop_flip(xp, max(1, xp.shape[-1] // 8))
             self.optimizer.zero_grad(set_to_none=self.optim_set_to_none)
             loss = self.loss_function(self.inferer(xp, self.network), y).mean()
             loss.backward()
@@ -172,7 +208,7 @@ class ErrorMinimizingTrainer(SupervisedTrainer):
             raise ValueError("Must provide batch data for current iteration.")
         epoch_length = engine.state.epoch_length or 1
         if (engine.state.iteration - 1) % epoch_length == 0:
-            engine.state.surrogate_loss = self._train_surrogate()
+            engine.state.surrogate_loss = self._train_surrogate(engine.state.epoch)
         x, y, idx = self._unpack(batchdata)
         net = self.surrogate
         net.eval()
