@@ -95,7 +95,27 @@ def _pick(fg: np.ndarray, rng: np.random.RandomState, margin: Sequence[float]) -
     return idx[rng.randint(len(idx))].astype(np.float32)
 
 
-class CopyMoveForgery(Randomizable):
+class _SeededForgery(Randomizable):
+    """A forgery drawn from one stored seed, so ``randomize`` fixes every draw of the next call (MONAI's contract)."""
+
+    MODES: tuple[str, ...] = ()
+    last_mask: np.ndarray | None = None
+
+    def _check_mode(self, mode: str) -> str:
+        if mode not in self.MODES:
+            raise ArgumentError(f"mode must be one of {', '.join(map(repr, self.MODES))}, got {mode!r}")
+        return mode
+
+    def randomize(self, data=None) -> None:
+        self._seed = self.R.randint(2**31 - 1)
+
+    def _rng(self, randomize: bool) -> np.random.RandomState:
+        if randomize:
+            self.randomize()
+        return np.random.RandomState(self._seed)
+
+
+class CopyMoveForgery(_SeededForgery):
     """Copy-move tampering: inject a lesion / tissue blob elsewhere, or remove one by covering it with tissue.
 
     Args:
@@ -107,20 +127,15 @@ class CopyMoveForgery(Randomizable):
             source), 1 for a plain copy.
     """
 
+    MODES = ("inject", "remove")
+
     def __init__(self, mode: str = "inject", radius: tuple[float, float] = (0.06, 0.16), min_shift: float = 0.15,
                  sigma: tuple[float, float] = (0.8, 2.5), contrast: tuple[float, float] = (0.8, 1.3)):
-        if mode not in ("inject", "remove"):
-            raise ArgumentError(f"mode must be 'inject' or 'remove', got {mode!r}")
-        self.mode, self.radius, self.min_shift, self.sigma, self.contrast = mode, radius, min_shift, sigma, contrast
-        self.last_mask: np.ndarray | None = None
-
-    def randomize(self, data=None) -> None:
-        self._seed = self.R.randint(2**31 - 1)
+        self.mode = self._check_mode(mode)
+        self.radius, self.min_shift, self.sigma, self.contrast = radius, min_shift, sigma, contrast
 
     def __call__(self, img, mask=None, randomize: bool = True):
-        if randomize:
-            self.randomize()
-        rng = np.random.RandomState(self._seed)
+        rng = self._rng(randomize)
         x = _np(img)
         shape = x.shape[1:]
         fg = _foreground(x)
@@ -160,7 +175,7 @@ class CopyMoveForgery(Randomizable):
         return convert_to_dst_type(out, img)[0]
 
 
-class SelfBlend(Randomizable):
+class SelfBlend(_SeededForgery):
     """Self-blended image: the image blended inside a soft blob with an altered copy of itself.
 
     Args:
@@ -176,10 +191,6 @@ class SelfBlend(Randomizable):
                  bias=(-0.06, 0.06), gamma=(0.8, 1.25), max_shift: float = 1.5, scale=(0.95, 1.05)):
         self.radius, self.sigma, self.center = radius, sigma, center
         self.gain, self.bias, self.gamma, self.max_shift, self.scale = gain, bias, gamma, max_shift, scale
-        self.last_mask: np.ndarray | None = None
-
-    def randomize(self, data=None) -> None:
-        self._seed = self.R.randint(2**31 - 1)
 
     def altered(self, x: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
         """The source copy: intensity jitter, blur or sharpen, and a small zoom + shift about the centre."""
@@ -197,9 +208,7 @@ class SelfBlend(Randomizable):
         return np.stack([affine_transform(ch, np.full(nd, 1 / zoom), offset, order=1, mode="nearest") for ch in y])
 
     def __call__(self, img, randomize: bool = True):
-        if randomize:
-            self.randomize()
-        rng = np.random.RandomState(self._seed)
+        rng = self._rng(randomize)
         x = _np(img)
         shape = x.shape[1:]
         size = np.asarray(shape, np.float32)
@@ -215,7 +224,7 @@ class SelfBlend(Randomizable):
         return convert_to_dst_type(out, img)[0]
 
 
-class Lesion3D(Randomizable):
+class Lesion3D(_SeededForgery):
     """3D-consistent lesion tampering of a volume ``(C, H, W, D)`` (slices along the last axis).
 
     ``inject``: a real lesion (from ``mask``) copied in-plane to another tissue place, every slice moved by the same
@@ -234,23 +243,18 @@ class Lesion3D(Randomizable):
         min_shift: smallest in-plane move as a fraction of the slice size.
     """
 
+    MODES = ("inject", "remove")
+
     def __init__(self, mode: str = "inject", radius=(0.05, 0.12), depth=(1.5, 4.0), contrast=(0.2, 0.45),
                  sigma=(1.0, 2.0), sigma_z: float = 0.8, min_shift: float = 0.15):
-        if mode not in ("inject", "remove"):
-            raise ArgumentError(f"mode must be 'inject' or 'remove', got {mode!r}")
-        self.mode, self.radius, self.depth, self.contrast = mode, radius, depth, contrast
+        self.mode = self._check_mode(mode)
+        self.radius, self.depth, self.contrast = radius, depth, contrast
         self.sigma, self.sigma_z, self.min_shift = sigma, float(sigma_z), min_shift
-        self.last_mask: np.ndarray | None = None
-
-    def randomize(self, data=None) -> None:
-        self._seed = self.R.randint(2**31 - 1)
 
     def __call__(self, img, mask=None, randomize: bool = True):
         from scipy.ndimage import binary_dilation, gaussian_filter
 
-        if randomize:
-            self.randomize()
-        rng = np.random.RandomState(self._seed)
+        rng = self._rng(randomize)
         x = _np(img)
         if x.ndim != 4:
             raise ArgumentError(f"Lesion3D needs a volume (C, H, W, D), got shape {x.shape}")
@@ -293,7 +297,7 @@ class Lesion3D(Randomizable):
         return convert_to_dst_type(out, img)[0]
 
 
-class FaceSwap(Randomizable):
+class FaceSwap(_SeededForgery):
     """Blend a donor's central face region into the target: donor statistics matched inside the mask, soft ellipse.
 
     Args:
@@ -303,15 +307,9 @@ class FaceSwap(Randomizable):
 
     def __init__(self, radius=(0.28, 0.4), sigma=(0.8, 2.0)):
         self.radius, self.sigma = radius, sigma
-        self.last_mask: np.ndarray | None = None
-
-    def randomize(self, data=None) -> None:
-        self._seed = self.R.randint(2**31 - 1)
 
     def __call__(self, img, donor, randomize: bool = True):
-        if randomize:
-            self.randomize()
-        rng = np.random.RandomState(self._seed)
+        rng = self._rng(randomize)
         x, d = _np(img), _np(donor)
         if d.shape != x.shape:
             from scipy.ndimage import zoom
