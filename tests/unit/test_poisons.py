@@ -405,6 +405,26 @@ class TestVictimFamilies(unittest.TestCase):
         with self.assertRaises(ValueError):
             make_classifier("vit")
 
+    def test_ensemble_is_one_network_of_several_families(self):
+        """``resnet+cnn``: one module whose output, a mean of log-probabilities, normalises to a distribution whose
+        top class is the one both members favour when they agree."""
+        from trust_monai.networks.classifiers import make_classifier
+        from trust_monai.networks.ensemble import LogProbEnsemble
+
+        net = make_classifier("resnet+cnn")
+        self.assertIsInstance(net, LogProbEnsemble)
+        self.assertEqual([type(m).__name__ for m in net.members], ["SmallResNet", "SimpleCNN"])
+        out = net(torch.rand(3, 1, 28, 28))
+        self.assertEqual(tuple(out.shape), (3, 10))
+        self.assertTrue(bool((out <= 0).all()))  # log-probabilities
+        a = torch.nn.Linear(4, 3)
+        b = torch.nn.Linear(4, 3)
+        with torch.no_grad():
+            for m, w in ((a, [5.0, 0.0, 1.0]), (b, [4.0, 2.0, 0.0])):
+                m.weight.zero_()
+                m.bias.copy_(torch.tensor(w))
+        self.assertEqual(int(LogProbEnsemble([a, b])(torch.zeros(1, 4)).argmax()), 0)
+
     def test_crop_flip_keeps_shape_and_content(self):
         from trust_monai.transforms.crop_flip import random_crop_flip
 
