@@ -296,3 +296,56 @@ def test_purify_matrix_table_over_victim_seeds(tmp_path):
     assert {(r["attack"], r["defence"], mod._seed(r, grid)) for r in written} == {
         ("lsp", "none", 7), ("lsp", "dvae", 7), ("lsp", "dvae", 8)}
     assert (tmp_path / "matrix.png").stat().st_size > 0
+
+
+def test_purify_drive_colour_photograph_in_its_own_orientation(tmp_path):
+    """A DRIVE photograph (RGB TIFF, 584 x 565) with its PNG mask through the D-VAE case processor: the purifier sees
+    the grey luminance in MONAI's axis order, and its change comes back into R, G and B alike, on the mask's pixels in
+    the file's own orientation (a transposed change would land off the vessels), input untouched."""
+    import json
+    import os
+    from pathlib import Path
+
+    from PIL import Image
+
+    from trust_monai.data.io import read_image
+    from trust_monai.engines.case_writer import CaseWriter
+    from trust_monai.purify.medical import DVAECaseProcessor
+
+    env = os.environ.get("TRUST_MONAI_DRIVE", "").strip()
+    drive = Path(env) if env else Path(__file__).resolve().parents[3] / "shared/data/DRIVE"
+    if not (drive / "training/images").is_dir():
+        pytest.skip(f"no DRIVE copy at {drive} (set $TRUST_MONAI_DRIVE)")
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    (ds / "labels").mkdir()
+    photo = ds / "images" / "21_training.tif"
+    photo.write_bytes((drive / "training/images/21_training.tif").read_bytes())
+    mask = (np.array(Image.open(drive / "training/1st_manual/21_manual1.gif")) > 0).astype(np.uint8)
+    Image.fromarray(mask).save(ds / "labels" / "21.png")
+    doc = {"labels": {"0": "background", "1": "vessel"},
+           "training": [{"image": "images/21_training.tif", "label": "labels/21.png"}], "test": []}
+    (ds / "dataset.json").write_text(json.dumps(doc))
+    before = photo.read_bytes()
+
+    seen = []
+
+    class BrightenLabel(torch.nn.Module):
+        """Stands in for a trained purifier: a change only where the label is, so its placement can be checked."""
+
+        def apply(self, x, index=None, y=None):
+            seen.append(tuple(x.shape))
+            return (x + 0.02 * (y > 0)).clamp(0, 1)
+
+    CaseWriter(ds, tmp_path / "out", DVAECaseProcessor(BrightenLabel(), num_classes=2, spatial_dims=2),
+               bundle="dvae", progress=False).run()
+    assert photo.read_bytes() == before
+    assert seen == [(1, 1, 565, 584)]  # one grey channel, (cols, rows) as MONAI's loader gives
+    src, _ = read_image(photo)
+    out, meta = read_image(tmp_path / "out" / "images" / "21_training.tif")
+    assert meta.format == "tiff" and out.shape == src.shape == (584, 565, 3) and out.dtype == np.uint8
+    diff = out.astype(int) - src
+    free = ((src > 8) & (src < 247)).all(-1)
+    assert (diff[free][:, 0] == diff[free][:, 1]).all() and (diff[free][:, 1] == diff[free][:, 2]).all()
+    moved = (diff != 0).any(-1)
+    assert moved[free & (mask > 0)].mean() > 0.95 and not moved[mask == 0].any()

@@ -22,7 +22,7 @@ from ..errors import CaseError, CasesFailed, InputFileError
 from ..utils.fileio import atomic_path, atomic_write_json, remove_stale_temps, sha256_file
 from .manifest import Manifest
 
-__all__ = ["CaseWriter", "read_case_label"]
+__all__ = ["CaseWriter", "read_case_label", "in_monai_axes"]
 
 
 def read_case_label(entry: dict, image, meta, method: str):
@@ -44,6 +44,18 @@ def read_case_label(entry: dict, image, meta, method: str):
     if not np.allclose(np.asarray(lmeta.affine), np.asarray(meta.affine), atol=1e-3):
         raise CaseError(f"{label_path}: mask geometry (affine) does not match the image's")
     return label, label_path
+
+
+def in_monai_axes(meta, fn, image, label, **kwargs):
+    """``fn(image, label, **kwargs) -> (out or None, metrics)`` with the arrays in the axis order networks saw.
+
+    PIL pictures (PNG / TIFF) read as (rows, cols); MONAI's loader, which every network here is trained through, gives
+    (cols, rows). Pictures are swapped in and the result swapped back, so a learned pattern lands where it was learned.
+    """
+    if meta.format in PICTURE_FORMATS:
+        out, metrics = fn(image.swapaxes(0, 1), label.swapaxes(0, 1), **kwargs)
+        return (None if out is None else out.swapaxes(0, 1)), metrics
+    return fn(image, label, **kwargs)
 
 
 class CaseWriter(Workflow):

@@ -260,18 +260,13 @@ class UMedProtector:
 
     def __call__(self, image, meta, entry: dict):
         """CaseWriter processor: read and check the case's mask, then :meth:`protect`."""
-        from ..data.io import PICTURE_FORMATS
-        from ..engines.case_writer import read_case_label
+        from ..engines.case_writer import in_monai_axes, read_case_label
 
         label, label_path = read_case_label(entry, image, meta, "UMed")
         # the datalist's modality, else the DICOM header's: a CT series must get the CT window, not MR percentiles
         modality = entry.get("modality") or meta.modality or "MR"
-        if meta.format in PICTURE_FORMATS:
-            # PIL arrays are (rows, cols); MONAI's loader, which the generator was trained through, gives (cols, rows)
-            out, metrics = self.protect(image.swapaxes(0, 1), label.swapaxes(0, 1), modality, name=entry["image"],
-                                        label_name=label_path, step=meta.value_step)
-            return (None if out is None else out.swapaxes(0, 1)), metrics
-        return self.protect(image, label, modality, name=entry["image"], label_name=label_path, step=meta.value_step)
+        return in_monai_axes(meta, self.protect, image, label, modality=modality, name=entry["image"],
+                             label_name=label_path, step=meta.value_step)
 
     def delta(self, x: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:
         """Perturbation in window units for a (1, 1, *spatial) windowed image and its label map."""
@@ -290,7 +285,7 @@ class UMedProtector:
 
         from ..errors import CaseError
         from ..metrics.image import image_change_metrics
-        from ..transforms.intensity import ScanNormalize, is_colour, to_luminance
+        from ..transforms.intensity import ScanNormalize, is_colour, to_channels, to_luminance
 
         if self.checkpoint is not None:
             from ..utils.checkpoint import load_state_dict
@@ -320,8 +315,8 @@ class UMedProtector:
             delta = self.delta(xt, yt, name)[0, 0].double().cpu().numpy()
             region = contour_band(yt, self.generator.band_width)[1][0, 0].cpu().numpy() > 0
         change = delta * scale
-        if colour:  # one change for every colour channel; alpha (a 4th channel) keeps its values
-            change = np.stack([change] * 3 + [np.zeros_like(change)] * (image_np.shape[-1] - 3), -1)
+        if colour:
+            change = to_channels(change, image_np.shape[-1])
         eps_native = self.generator.epsilon * scale
         if np.issubdtype(image_np.dtype, np.integer) or step > 0:
             q = float(step) if step > 0 else 1.0

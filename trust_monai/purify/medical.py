@@ -90,16 +90,21 @@ class DVAECaseProcessor:
 
     def __call__(self, image, meta, entry: dict):
         """CaseWriter processor: read and check the case's mask, then :meth:`purify`."""
-        from ..engines.case_writer import read_case_label
+        from ..engines.case_writer import in_monai_axes, read_case_label
 
         label, label_path = read_case_label(entry, image, meta, "the D-VAE")
         modality = entry.get("modality") or meta.modality or "MR"  # a CT series gets the CT window
-        return self.purify(image, label, modality, name=entry["image"], label_name=label_path)
+        return in_monai_axes(meta, self.purify, image, label, modality=modality, name=entry["image"],
+                             label_name=label_path)
 
     def purify(self, image, label, modality: str = "MR", name: str = "image", label_name: str = "label"):
-        """Purify in-memory arrays (same shape and voxel order): ``(purified, metrics)``."""
+        """Purify in-memory arrays (same shape and voxel order): ``(purified, metrics)``.
+
+        A colour picture (channel last, RGB or RGBA) is purified through its luminance, as the protect bundle changes
+        it: the purifier's change goes into each colour channel alike.
+        """
         from ..metrics.image import image_change_metrics
-        from ..transforms.intensity import ScanNormalize
+        from ..transforms.intensity import ScanNormalize, is_colour, to_channels, to_luminance
 
         img = np.asarray(image)
         if not np.isfinite(img).all():
@@ -108,13 +113,17 @@ class DVAECaseProcessor:
         if lab.min() < 0 or lab.max() >= self.num_classes:
             raise CaseError(f"{label_name}: label values {int(lab.min())}..{int(lab.max())} outside "
                             f"0..{self.num_classes - 1}")
-        if img.ndim != self.spatial_dims:
+        colour = is_colour(img, self.spatial_dims) and lab.ndim == self.spatial_dims
+        work = to_luminance(img) if colour else img
+        if work.ndim != self.spatial_dims:
             raise CaseError(f"{name}: {img.ndim}D image but the purifier is {self.spatial_dims}D (set --spatial_dims)")
-        x, (low, high) = ScanNormalize(self.ct_window, self.percentiles)(img, modality)
+        x, (low, high) = ScanNormalize(self.ct_window, self.percentiles)(work, modality)
         with torch.inference_mode():
             xt = torch.as_tensor(x)[None, None].float().to(self.device)
             yt = torch.as_tensor(lab.astype(np.int64))[None, None].to(self.device)
             change = (self.purifier.apply(xt, None, yt) - xt)[0, 0].double().cpu().numpy() * (high - low)
+        if colour:
+            change = to_channels(change, img.shape[-1])
         if np.issubdtype(img.dtype, np.integer):
             info = np.iinfo(img.dtype)
             out = np.clip(np.rint(img.astype(np.float64) + change), info.min, info.max).astype(img.dtype)

@@ -37,6 +37,12 @@ def to_luminance(image):
     return (np.asarray(rgb, dtype=np.float64) * np.asarray(LUMA)).sum(-1)
 
 
+def to_channels(change, channels: int):
+    """A luminance change as a channel-last colour change: the same value in R, G and B (so luminance moves by exactly
+    ``change`` and each channel stays within any bound on it), alpha (a 4th channel) unchanged."""
+    return np.stack([change] * 3 + [np.zeros_like(change)] * (channels - 3), -1)
+
+
 def scan_window(image, modality: str = "MR", ct_window: Sequence[float] = CT_WINDOW, percentiles=(0.5, 99.5)):
     """``(low, high)`` intensity window of an image: fixed for CT, percentiles of the image otherwise."""
     if str(modality).upper() == "CT":
