@@ -34,4 +34,4 @@ def test_samplewise_baseline_train_then_protect(tmp_path):
     done = [c for c in cases if c["status"] == "done"]
     assert len(done) == 8
     assert all(c["metrics"]["changed_outside_region"] == 0 for c in done)
-    assert all(c["metrics"]["max_abs_change_norm"] <= 4 / 255 + 1e-9 for c in done)
+    assert all(c["metrics"]["max_abs_change_norm"] <= 8 / 255 + 1e-9 for c in done)  # the default budget
