@@ -388,8 +388,8 @@ class TestSmallResNet(unittest.TestCase):
 
 
 class TestVictimFamilies(unittest.TestCase):
-    @parameterized.expand([("resnet", 2, 1, (2, 1, 28, 28)), ("cnn", 2, 1, (2, 1, 28, 28)), ("cnn", 2, 3, (2, 3, 32, 32)),
-                           ("cnn", 3, 1, (2, 1, 8, 8, 8))])
+    @parameterized.expand([("resnet", 2, 1, (2, 1, 28, 28)), ("cnn", 2, 1, (2, 1, 28, 28)),
+                           ("cnn", 2, 3, (2, 3, 32, 32)), ("cnn", 3, 1, (2, 1, 8, 8, 8))])
     def test_make_classifier_shapes(self, name, spatial_dims, in_channels, shape):
         from trust_monai.networks.classifiers import make_classifier
 
