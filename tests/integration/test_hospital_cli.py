@@ -149,7 +149,10 @@ def test_dicom_round_trip(models, tmp_path, deidentify):
     mask, _ = read_image(mask_path)
     from trust_monai.data import num_classes, prepare
 
-    gen = UMedGenerator(spatial_dims=2, in_channels=1, num_classes=num_classes(prepare("synthetic_2d")))
+    from trust_monai.label.service import bundle_config
+
+    eps = bundle_config("umed").get_parsed_content("epsilon")  # the budget protect ran with: the bundle's default
+    gen = UMedGenerator(spatial_dims=2, in_channels=1, num_classes=num_classes(prepare("synthetic_2d")), epsilon=eps)
     expected, metrics = UMedProtector(gen, checkpoint=str(models / "generator_2d.pt"), num_classes=2).protect(
         arr, mask, "CT", step=meta.value_step)
     assert meta.value_step == 1.0  # CT_small: RescaleSlope 1, so the change is in whole HU
