@@ -302,30 +302,12 @@ def test_purify_drive_colour_photograph_in_its_own_orientation(tmp_path):
     """A DRIVE photograph (RGB TIFF, 584 x 565) with its PNG mask through the D-VAE case processor: the purifier sees
     the grey luminance in MONAI's axis order, and its change comes back into R, G and B alike, on the mask's pixels in
     the file's own orientation (a transposed change would land off the vessels), input untouched."""
-    import json
-    import os
-    from pathlib import Path
-
-    from PIL import Image
-
     from trust_monai.data.io import read_image
     from trust_monai.engines.case_writer import CaseWriter
     from trust_monai.purify.medical import DVAECaseProcessor
+    from tests.unit.drive_case import photo_case
 
-    env = os.environ.get("TRUST_MONAI_DRIVE", "").strip()
-    drive = Path(env) if env else Path(__file__).resolve().parents[3] / "shared/data/DRIVE"
-    if not (drive / "training/images").is_dir():
-        pytest.skip(f"no DRIVE copy at {drive} (set $TRUST_MONAI_DRIVE)")
-    ds = tmp_path / "ds"
-    (ds / "images").mkdir(parents=True)
-    (ds / "labels").mkdir()
-    photo = ds / "images" / "21_training.tif"
-    photo.write_bytes((drive / "training/images/21_training.tif").read_bytes())
-    mask = (np.array(Image.open(drive / "training/1st_manual/21_manual1.gif")) > 0).astype(np.uint8)
-    Image.fromarray(mask).save(ds / "labels" / "21.png")
-    doc = {"labels": {"0": "background", "1": "vessel"},
-           "training": [{"image": "images/21_training.tif", "label": "labels/21.png"}], "test": []}
-    (ds / "dataset.json").write_text(json.dumps(doc))
+    ds, photo, mask = photo_case(tmp_path)
     before = photo.read_bytes()
 
     seen = []

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,21 +195,9 @@ def test_protect_drive_tiff_photograph_through_case_writer(tmp_path):
     same shape and type, every channel moved alike within eps, nothing outside mask + band, and it trains as before."""
     from trust_monai.data.io import read_image
     from trust_monai.engines.case_writer import CaseWriter
+    from tests.unit.drive_case import photo_case
 
-    env = os.environ.get("TRUST_MONAI_DRIVE", "").strip()
-    drive = Path(env) if env else Path(__file__).resolve().parents[3] / "shared/data/DRIVE"
-    if not (drive / "training/images").is_dir():
-        pytest.skip(f"no DRIVE copy at {drive} (set $TRUST_MONAI_DRIVE)")
-    ds = tmp_path / "ds"
-    (ds / "images").mkdir(parents=True)
-    (ds / "labels").mkdir()
-    photo = ds / "images" / "21_training.tif"
-    photo.write_bytes((drive / "training/images/21_training.tif").read_bytes())
-    mask = (np.array(Image.open(drive / "training/1st_manual/21_manual1.gif")) > 0).astype(np.uint8)
-    Image.fromarray(mask).save(ds / "labels" / "21.png")
-    doc = {"labels": {"0": "background", "1": "vessel"},
-           "training": [{"image": "images/21_training.tif", "label": "labels/21.png"}], "test": []}
-    (ds / "dataset.json").write_text(json.dumps(doc))
+    ds, photo, mask = photo_case(tmp_path)
     before = photo.read_bytes()
 
     torch.manual_seed(0)
