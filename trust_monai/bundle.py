@@ -22,6 +22,7 @@ __all__ = [
     "list_bundles",
     "common",
     "resolve_device",
+    "as_bool",
     "setup_run",
     "check_bundle",
     "install_error_hook",
@@ -92,6 +93,18 @@ def common(key: str) -> Any:
     if key not in values:
         raise BundleError(f"configs/common.json has no key '{key}' (keys: {', '.join(sorted(values))})")
     return resolve_device(values[key]) if key == "device" else values[key]
+
+
+def as_bool(v) -> bool:
+    """A boolean bundle id: from the command line it arrives as ``"false"`` / ``"true"`` text (fire keeps JSON literals
+    as strings), which ``bool()`` would read as True."""
+    if isinstance(v, str):
+        if v.strip().lower() in ("false", "0", "no", "off", "none", ""):
+            return False
+        if v.strip().lower() in ("true", "1", "yes", "on"):
+            return True
+        raise ValueError(f"not a boolean: {v!r}")
+    return bool(v)
 
 
 def resolve_device(device: Any = "auto"):

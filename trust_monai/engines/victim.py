@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.classification import ImageClassificationDataset
+from ..bundle import as_bool
 from ..errors import BundleError
 from ..transforms.crop_flip import random_crop_flip
 from ..utils.fileio import atomic_path, atomic_write_text
@@ -30,17 +31,6 @@ from .poison_writer import PoisonWriter
 __all__ = ["VictimEvaluation"]
 
 logger = logging.getLogger("trust_monai.ue_natural")
-
-
-def _as_bool(v) -> bool:
-    """Booleans from the command line arrive as ``"false"`` / ``"true"`` strings (fire keeps JSON literals as text)."""
-    if isinstance(v, str):
-        if v.strip().lower() in ("false", "0", "no", "off", "none", ""):
-            return False
-        if v.strip().lower() in ("true", "1", "yes", "on"):
-            return True
-        raise ValueError(f"not a boolean: {v!r}")
-    return bool(v)
 
 
 class VictimEvaluation:
@@ -97,7 +87,7 @@ class VictimEvaluation:
         self.output_dir = Path(output_dir) / "eval"
         self.network_factory, self.epochs, self.batch_size, self.lr = network_factory, int(epochs), batch_size, lr
         self.max_train, self.max_test = max_train, max_test
-        self.augment, self.train_clean = _as_bool(augment), _as_bool(train_clean)
+        self.augment, self.train_clean = as_bool(augment), as_bool(train_clean)
         self.writer, self.device, self.in_channels = writer, torch.device(device), in_channels
         self.num_workers, self.progress, self.seed = num_workers, progress, int(seed)
         self.curves: dict[str, list[dict]] = {}

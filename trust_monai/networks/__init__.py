@@ -3,7 +3,14 @@
 from .resnet import BasicBlock, SmallResNet
 from .half_input import HalfInput  # noqa: F401  (DRS base classifiers)
 
-__all__ = ["BasicBlock", "SmallResNet"]
+__all__ = ["BasicBlock", "SmallResNet", "reinitialise"]
+
+
+def reinitialise(net) -> None:
+    """Fresh random weights in place: every module of ``net`` (itself included) that can reset itself does."""
+    for m in net.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
 
 
 def __getattr__(name: str):

@@ -120,9 +120,9 @@ class ErrorMinimizingTrainer(SupervisedTrainer):
         self.stop_accuracy = float(stop_accuracy)
         self.surrogate_loader = surrogate_loader if surrogate_loader is not None else train_data_loader
         self.reinit_every = int(reinit_every)
-        from ..engines.victim import _as_bool
+        from ..bundle import as_bool
 
-        self.augment = _as_bool(augment)
+        self.augment = as_bool(augment)
         self._surrogate_iter = None
         self._world, self._touched = 1, None
         from ignite.engine import Events
@@ -167,12 +167,10 @@ class ErrorMinimizingTrainer(SupervisedTrainer):
         return x, y, idx
 
     def _reinit_surrogate(self) -> None:
-        """Fresh random weights for every layer of the surrogate, no optimizer history (same on every rank)."""
-        for m in self.surrogate.modules():
-            if m is not self.surrogate and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-        if hasattr(self.surrogate, "reset_parameters"):
-            self.surrogate.reset_parameters()
+        """Fresh random weights for the surrogate, no optimizer history (same on every rank)."""
+        from ..networks import reinitialise
+
+        reinitialise(self.surrogate)
         self.optimizer.state.clear()
         if self._world > 1:
             from ..utils.dist import broadcast_state

@@ -16,6 +16,7 @@ from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.utils import CommonKeys as Keys
 
+from ..networks import reinitialise
 from ..transforms.roi import contour_band
 
 __all__ = ["UMedTrainer", "UMedProtector", "SampleWiseProtector", "samplewise_noise_data", "usable_cases", "check_case"]
@@ -67,13 +68,6 @@ def usable_cases(files: Sequence[dict], num_classes: int | None = None) -> list[
     if not kept:
         raise TrustMonaiError("no training case has a usable mask (see the lines above); nothing to learn from")
     return kept
-
-
-def _reinitialise(net: torch.nn.Module) -> None:
-    """Fresh random weights in place (every layer that can reset itself)."""
-    for m in net.modules():
-        if m is not net and hasattr(m, "reset_parameters"):
-            m.reset_parameters()
 
 
 class UMedTrainer(SupervisedTrainer):
@@ -135,7 +129,7 @@ class UMedTrainer(SupervisedTrainer):
 
     def _reset_surrogates(self) -> None:
         for net, opt in zip(self.surrogates, self.surrogate_opts):
-            _reinitialise(net)
+            reinitialise(net)
             opt.state.clear()
 
     def _tail(self, losses: Sequence[float]) -> float:
