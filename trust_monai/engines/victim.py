@@ -28,9 +28,28 @@ from ..transforms.crop_flip import random_crop_flip
 from ..utils.fileio import atomic_path, atomic_write_text
 from .poison_writer import PoisonWriter
 
-__all__ = ["VictimEvaluation"]
+__all__ = ["VictimEvaluation", "training_change"]
 
 logger = logging.getLogger("trust_monai.ue_natural")
+
+_NO_CHANGE = {"mean_abs_change": float("nan"), "max_abs_change": float("nan"), "changed_fraction": float("nan")}
+
+
+def training_change(clean: ImageClassificationDataset, other: ImageClassificationDataset) -> dict[str, float]:
+    """How far the decoded training images of ``other`` are from those of ``clean``, matched by relative path.
+
+    Returns ``mean_abs_change`` and ``max_abs_change`` (in units of 1/255, over all values of the matched images)
+    and ``changed_fraction`` (share of values that differ); all NaN when no image is matched (other paths or other
+    image shapes), so a missing comparison is never mistaken for "unchanged".
+    """
+    pos = {r: i for i, r in enumerate(clean.rel)}
+    pairs = [(pos[r], j) for j, r in enumerate(other.rel) if r in pos]
+    if not pairs or list(clean.images.shape[1:]) != list(other.images.shape[1:]):
+        return dict(_NO_CHANGE)
+    ci, oj = (torch.tensor(t) for t in zip(*pairs))
+    d = (other.images[oj].to(torch.int16) - clean.images[ci].to(torch.int16)).abs()
+    return {"mean_abs_change": float(d.float().mean()), "max_abs_change": float(d.max()),
+            "changed_fraction": float((d > 0).float().mean())}
 
 
 class VictimEvaluation:
@@ -42,6 +61,11 @@ class VictimEvaluation:
     ``SupervisedEvaluator``; the curves go to ``output_dir/eval/metrics.csv``, the final accuracies to
     ``metrics.csv`` / ``metrics.md``, and ``ue_natural_eval.png`` shows learning curves and clean / poisoned /
     amplified-noise examples.
+
+    Before a poisoned victim trains, the images it loaded are compared with the clean training images of the same
+    relative paths (:func:`training_change`): ``metrics.csv`` records the mean and largest absolute change (in 1/255)
+    and the fraction of changed values, so a table row always says what the victim really trained on; a poisoned
+    copy identical to the clean data (a wrong folder, a poison rounded away by 8-bit PNG) is logged as a warning.
 
     Args:
         dataset_dir: clean dataset (training for the clean victim, test for every victim).
@@ -91,6 +115,7 @@ class VictimEvaluation:
         self.writer, self.device, self.in_channels = writer, torch.device(device), in_channels
         self.num_workers, self.progress, self.seed = num_workers, progress, int(seed)
         self.curves: dict[str, list[dict]] = {}
+        self.changes: dict[str, dict[str, float]] = {}
 
     def _loader(self, ds, shuffle: bool) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
@@ -103,6 +128,18 @@ class VictimEvaluation:
 
         torch.manual_seed(self.seed)
         train_ds = ImageClassificationDataset(train_dir, "training", self.max_train, self.in_channels, self.progress)
+        if name == "clean":
+            self.changes[name] = {"mean_abs_change": 0.0, "max_abs_change": 0.0, "changed_fraction": 0.0}
+        else:
+            clean = ImageClassificationDataset(self.dataset_dir, "training", self.max_train, self.in_channels, False)
+            ch = self.changes[name] = training_change(clean, train_ds)
+            if ch["max_abs_change"] == 0:
+                logger.warning(f"victim[{name}]: the training images of {train_dir} are identical to the clean ones "
+                               f"of {self.dataset_dir}: this victim trains on clean data")
+            else:
+                logger.info(f"victim[{name}] trains on images that differ from the clean copy by mean |change| "
+                            f"{ch['mean_abs_change']:.2f}/255, max {ch['max_abs_change']:.0f}/255, on "
+                            f"{ch['changed_fraction'] * 100:.1f}% of values")
         net = self.network_factory().to(self.device)
         opt = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
         loader = self._loader(train_ds, shuffle=True)
@@ -193,20 +230,24 @@ class VictimEvaluation:
         atomic_write_text(self.output_dir / "curves.csv", buf.getvalue())
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["condition", "train_dir", "epochs", "n_train", "n_test", "clean_test_acc", "best_test_acc"])
+        w.writerow(["condition", "train_dir", "epochs", "n_train", "n_test", "clean_test_acc", "best_test_acc",
+                    "mean_abs_change", "max_abs_change", "changed_fraction"])
         dirs = {"clean": self.dataset_dir, **self.poisoned}
         rows = []
         for n, c in self.curves.items():
             n_train = len(ImageClassificationDataset(dirs[n], "training", self.max_train, self.in_channels, False))
+            ch = self.changes.get(n, _NO_CHANGE)
             row = [n, str(dirs[n]), self.epochs, n_train, len(test_ds), f"{final[n]:.4f}",
-                   f"{max(r['test_acc'] for r in c):.4f}"]
+                   f"{max(r['test_acc'] for r in c):.4f}", f"{ch['mean_abs_change']:.3f}",
+                   f"{ch['max_abs_change']:.0f}", f"{ch['changed_fraction']:.4f}"]
             rows.append(row)
             w.writerow(row)
         atomic_write_text(self.output_dir / "metrics.csv", buf.getvalue())
-        md = ["| condition | training data | epochs | train / test images | clean test accuracy | best epoch accuracy |",
-              "|---|---|---|---|---|---|"]
-        md += [f"| {r[0]} | `{r[1]}` | {r[2]} | {r[3]} / {r[4]} | {float(r[5]) * 100:.2f}% | {float(r[6]) * 100:.2f}% |"
-               for r in rows]
+        md = ["| condition | training data | epochs | train / test images | clean test accuracy | best epoch accuracy "
+              "| change of the training images (mean / max, 1/255) |",
+              "|---|---|---|---|---|---|---|"]
+        md += [f"| {r[0]} | `{r[1]}` | {r[2]} | {r[3]} / {r[4]} | {float(r[5]) * 100:.2f}% | {float(r[6]) * 100:.2f}% "
+               f"| {r[7]} / {r[8]} |" for r in rows]
         atomic_write_text(self.output_dir / "metrics.md", "\n".join(md) + "\n")
         self._figure(test_ds)
         logger.info(f"wrote {self.output_dir / 'metrics.csv'}, metrics.md, curves.csv and ue_natural_eval.png")
