@@ -75,14 +75,15 @@ def test_volumes(built):
             np.testing.assert_allclose(affine(folder / entry["image"]), affine(folder / entry["label"]))
             np.testing.assert_allclose(affine(folder / entry["image"])[:3, 3], (tpl["affine"] @ [0, 0, a, 1])[:3])
             assert set(np.unique(label).tolist()) == {0, 1} and int(label.sum()) == entry["lesion_voxels"]
-            mask = tpl["mask"][..., a:b]
+            index = int(entry["case"][4:])
+            anatomy, mask = lesions_mod.case_anatomy(tpl["t1"][..., a:b], tpl["mask"][..., a:b], index)
             assert not (label.astype(bool) & ~mask).any(), "lesions lie inside the brain"
             table = doc["lesion_table"][entry["case"]]
             assert 1 <= entry["lesions"] == len(table) <= 4
             assert ndimage.label(label)[1] == entry["lesions"]  # separate blobs
             assert sum(lesion["voxels"] for lesion in table) == entry["lesion_voxels"]
             signs |= {lesion["sign"] for lesion in table}
-            diff = image - tpl["t1"][..., a:b]
+            diff = image - anatomy
             near = ndimage.binary_dilation(label.astype(bool), iterations=2)
             # away from the lesions only the noise: sigma 1% of the range, never near the lesion step
             assert abs(diff[~near].std() / sigma - 1) < 0.05 and np.abs(diff[~near]).max() < 6 * sigma
@@ -108,7 +109,8 @@ def test_slices_are_the_volumes(built):
             image, label = array(vol_folder / vol["image"]), array(vol_folder / vol["label"])
             kept = {e["slice"]: e for e in by_case[vol["case"]]}
             lesion_z = [z for z in range(a, b) if label[..., z - a].any()]
-            free_z = [z for z in range(a, b) if not label[..., z - a].any() and tpl["mask"][..., z].any()]
+            _, mask = lesions_mod.case_anatomy(tpl["t1"][..., a:b], tpl["mask"][..., a:b], int(vol["case"][4:]))
+            free_z = [z for z in range(a, b) if not label[..., z - a].any() and mask[..., z - a].any()]
             assert sorted(kept) == sorted(lesion_z + free_z[::4])
             for z, entry in kept.items():
                 sl, lab = array(folder / entry["image"]), array(folder / entry["label"])
@@ -132,6 +134,31 @@ def test_build_is_reproducible(built, tmp_path):
             np.testing.assert_array_equal(array(again / entry[key]), array(first / entry[key]))
     images = [array(first / e["image"]) for e in doc["training"][:2]]
     assert not np.array_equal(images[0], images[1]), "cases differ"
+
+
+def test_every_case_is_its_own_subject():
+    """Cases differ in anatomy, not only in lesions; the warp stays in-plane, so no slab borrows another's voxels."""
+    tpl = lesions_mod.template(2)
+    a, b = tpl["split"]["training"]
+    t1, mask = tpl["t1"][..., a:b], tpl["mask"][..., a:b]
+    first, first_mask = lesions_mod.case_anatomy(t1, mask, 0)
+    again, _ = lesions_mod.case_anatomy(t1, mask, 0)
+    other, other_mask = lesions_mod.case_anatomy(t1, mask, 1)
+    np.testing.assert_array_equal(first, again)  # reproducible
+    assert first.shape == t1.shape and first.dtype == np.float32 and first_mask.dtype == bool
+    # the warp moves anatomy by whole voxels somewhere (brain masks of two cases disagree on >2% of brain voxels)
+    for warped in (first_mask, other_mask):
+        assert (warped ^ mask).sum() > 0.02 * mask.sum()
+        assert abs(int(warped.sum()) / int(mask.sum()) - 1) < 0.25  # scaled by 0.9-1.1 per axis, not mangled
+    assert (first_mask ^ other_mask).sum() > 0.02 * mask.sum()
+    # one marked slice stays that slice: nothing moves along z
+    k = t1.shape[2] // 2
+    only = np.zeros_like(mask)
+    only[..., k] = mask[..., k]
+    _, moved = lesions_mod.case_anatomy(t1, only, 3)
+    assert moved[..., k].any() and not np.delete(moved, k, axis=2).any()
+    # intensities stay those of the template up to the bias field (1 +- 5%) and interpolation
+    assert 0.9 < first[first_mask].mean() / t1[mask].mean() < 1.1
 
 
 def test_contrast_setting(monkeypatch, built):

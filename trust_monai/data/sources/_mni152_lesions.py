@@ -11,6 +11,13 @@ by a clean victim in 1850 iterations), ramped linearly over a 1-voxel edge; the 
 blob's surface (weight > 0.5). Blobs never touch each other, the brain's edge or the slab's ends. Every case also
 gets Gaussian noise of sigma 1% of the brain range over the whole volume, so cases differ outside the lesions too.
 
+Every case is also its own *subject*: before the lesions go in, the slab is warped in-plane by a random rotation
+(+-10 degrees), scaling (0.9-1.1 per axis) and a smooth elastic field (up to 3 voxels), and multiplied by a smooth
+bias field (+-5%), see :func:`case_anatomy`. Without it all cases share one anatomy voxel for voxel, and a victim
+memorises the training slab instead of learning what a lesion looks like: a clean UNet fitted its training slices
+(loss 0.13) but scored held-out Dice 0.35 after 40 epochs. The warp never moves voxels along z, so no case samples
+anatomy outside its own slab.
+
 The default contrast, 0.12, is 12 x the noise and about 3.5 x the spread of the template inside white matter, but
 under half of the grey / white matter difference (0.28 of the range at 2 mm): a visible yet subtle lesion.
 ``$TRUST_MONAI_LESION_CONTRAST`` changes it, to sweep how faint a lesion a model still finds. Case ``i`` draws
@@ -50,6 +57,7 @@ from ._mni152 import (
 
 __all__ = [
     "CONTRAST_ENV",
+    "case_anatomy",
     "DEFAULT_CONTRAST",
     "LABELS",
     "N_CASES",
@@ -71,6 +79,11 @@ SHAPE_JITTER = 0.3  # radius per direction scaled by 1 + SHAPE_JITTER * noise, n
 EDGE_VOXELS = 1.0  # width of the linear intensity ramp across the lesion surface
 NOISE_FRACTION = 0.01  # sigma of the per-case Gaussian noise, as a fraction of the brain's intensity range
 KEEP_EVERY = 4  # 2D: every lesion slice, and one lesion-free brain slice in KEEP_EVERY
+ROTATION_DEG = 10.0  # per-case anatomy (case_anatomy): in-plane rotation, uniform in +-ROTATION_DEG
+SCALE = (0.9, 1.1)  # in-plane scaling per axis
+ELASTIC_VOXELS = 3.0  # largest elastic displacement
+ELASTIC_SIGMA = 8.0  # smoothness of the elastic field, voxels
+BIAS = 0.05  # multiplicative bias field within 1 +- BIAS
 
 
 def lesion_contrast() -> float:
@@ -142,6 +155,40 @@ def _fit(support, blocked, room, p: int, rng):
         if not blocked[box][support].any():
             return box
     return None
+
+
+def case_anatomy(t1, mask, index: int):
+    """Case ``index``'s own anatomy: the slab warped in-plane and bias-modulated (rule in the module docstring).
+
+    Args:
+        t1: T1 slab, float, axial = last axis.
+        mask: brain mask of the slab, bool.
+        index: case number; the draws come from ``numpy.random.default_rng([SEED, index, 1])``, apart from the lesions'.
+
+    Returns:
+        ``(t1 float32, mask bool)`` of the warped slab, same shape.
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    rng = np.random.default_rng([SEED, index, 1])
+    shape = t1.shape
+    grid = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    centre = [float(np.mean(np.nonzero(mask)[k])) if mask.any() else (shape[k] - 1) / 2 for k in (0, 1)]
+    theta = np.deg2rad(rng.uniform(-ROTATION_DEG, ROTATION_DEG))
+    scale = rng.uniform(*SCALE, size=2)
+    # output voxel -> input voxel: inverse rotation and scaling about the brain's centre
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]) / scale[:, None]
+    u, v = grid[0] - centre[0], grid[1] - centre[1]
+    coords = [rot[0, 0] * u + rot[0, 1] * v + centre[0], rot[1, 0] * u + rot[1, 1] * v + centre[1], grid[2]]
+    for k in (0, 1):
+        field = ndimage.gaussian_filter(rng.normal(size=shape), ELASTIC_SIGMA)
+        coords[k] = coords[k] + ELASTIC_VOXELS * field / max(np.abs(field).max(), 1e-12)
+    warped = ndimage.map_coordinates(np.asarray(t1, np.float64), coords, order=1, mode="nearest")
+    inside = ndimage.map_coordinates(np.asarray(mask, np.float64), coords, order=1, mode="constant") > 0.5
+    bias = ndimage.gaussian_filter(rng.normal(size=shape), 2 * ELASTIC_SIGMA)
+    warped = warped * (1.0 + BIAS * bias / max(np.abs(bias).max(), 1e-12))
+    return warped.astype(np.float32), inside
 
 
 def lesion_case(t1, mask, brain_range: float, index: int, contrast: float, resolution: int, room=None):
@@ -219,8 +266,7 @@ def template(resolution: int) -> dict:
 
     Returns:
         ``{"affine", "t1" (float32), "mask" (bool), "split" (slab_split of the tissue label, as mni152_tissue),
-        "brain_range" (max - min of the T1 inside the mask), "room" ({split: brain_room of its slab})}``; the arrays
-        are read-only.
+        "brain_range" (max - min of the T1 inside the mask)}``; the arrays are read-only.
     """
     import numpy as np
 
@@ -229,8 +275,7 @@ def template(resolution: int) -> dict:
     # the tissue label only serves to find the same slabs as mni152_tissue
     tissue = tissue_label(mask, gm, wm)
     split = slab_split(tissue, float(np.linalg.norm(affine[:3, 2])))
-    room = {key: brain_room(mask[..., a:b]) for key, (a, b) in split.items() if key != "gap"}
-    for array in (affine, t1, mask, *room.values()):
+    for array in (affine, t1, mask):
         array.flags.writeable = False
     return {
         "affine": affine,
@@ -238,7 +283,6 @@ def template(resolution: int) -> dict:
         "mask": mask,
         "split": split,
         "brain_range": float(t1[mask].max() - t1[mask].min()),
-        "room": room,
     }
 
 
@@ -247,11 +291,9 @@ def _cases(tpl: dict, resolution: int, contrast: float, info: DatasetInfo):
     index = 0
     for key in ("training", "test"):
         a, b = tpl["split"][key]
-        mask = tpl["mask"][..., a:b]
         for _ in progress(range(N_CASES[key]), desc=f"{info.name} {key}", unit="case"):
-            image, label, lesions = lesion_case(
-                tpl["t1"][..., a:b], mask, tpl["brain_range"], index, contrast, resolution, tpl["room"][key]
-            )
+            t1, mask = case_anatomy(tpl["t1"][..., a:b], tpl["mask"][..., a:b], index)
+            image, label, lesions = lesion_case(t1, mask, tpl["brain_range"], index, contrast, resolution)
             yield key, index, a, image, label, lesions, mask
             index += 1
 
@@ -311,7 +353,10 @@ def _build(out: Path, resolution: int, info: DatasetInfo, two_d: bool) -> None:
         f"{RADIUS_MM[0]:g}-{RADIUS_MM[1]:g} mm, radius per direction scaled by 1 +- {SHAPE_JITTER} x smoothed noise, "
         f"inside the brain mask; intensity change contrast x brain range, brighter, {EDGE_VOXELS:g}-voxel linear "
         f"edge; label 1 where the voxel centre is inside the blob (weight > 0.5). Gaussian noise sigma "
-        f"{NOISE_FRACTION} x brain range over every volume. Case i is drawn from numpy default_rng([{SEED}, i])."
+        f"{NOISE_FRACTION} x brain range over every volume. Case i is drawn from numpy default_rng([{SEED}, i]). "
+        f"Each case's anatomy is the slab warped in-plane first (rotation +-{ROTATION_DEG:g} deg, scale "
+        f"{SCALE[0]:g}-{SCALE[1]:g} per axis, smooth elastic field up to {ELASTIC_VOXELS:g} voxels, bias field "
+        f"1 +- {BIAS:g}; default_rng([{SEED}, i, 1])), so no two cases share anatomy."
     )
     write_datalist(
         out,
@@ -334,7 +379,7 @@ def _build(out: Path, resolution: int, info: DatasetInfo, two_d: bool) -> None:
 
 def _version(two_d: bool) -> str:
     return (
-        f"mni152_lesions{'_2d' if two_d else ''}-2-res{mni152_resolution()}-contrast{lesion_contrast()!r}"
+        f"mni152_lesions{'_2d' if two_d else ''}-3-res{mni152_resolution()}-contrast{lesion_contrast()!r}"
         f"-nilearn{dist_version('nilearn')}-scipy{dist_version('scipy')}-numpy{dist_version('numpy')}"
     )
 
