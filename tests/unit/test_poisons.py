@@ -20,6 +20,7 @@ from trust_monai.networks import SmallResNet
 from trust_monai.protect import (
     AR_PAPER_MAX_RMS,
     AutoregressivePoison,
+    BlockCodePoison,
     ErrorMinimizingNoise,
     LinearSeparablePoison,
     ar_budget,
@@ -33,7 +34,7 @@ from trust_monai.protect.error_minimizing_trainer import ErrorMinimizingTrainer,
 
 SHAPES = [((1, 28, 28),), ((3, 32, 32),), ((1, 8, 8),), ((1, 6, 6, 6),)]  # grey, RGB, digits, a 3D volume
 EM_MODES = [("samplewise",), ("classwise",)]
-POISON_NAMES = [("em_samplewise",), ("em_classwise",), ("lsp",), ("ar",)]
+POISON_NAMES = [("em_samplewise",), ("em_classwise",), ("lsp",), ("ar",), ("blocks",)]
 
 
 def _digits(n_train: int = 1200, seed: int = 0):
@@ -100,6 +101,38 @@ class TestBudgets(unittest.TestCase):
             for c in range(5):
                 rows = noise[y == c]
                 self.assertTrue(torch.equal(rows, rows[:1].expand_as(rows)))
+
+
+class TestBlockCode(unittest.TestCase):
+    @parameterized.expand(SHAPES)
+    def test_full_linf_class_codes_constant_over_blocks(self, shape):
+        k = 6
+        bc = BlockCodePoison(k, shape, eps=8 / 255, seed=0)
+        p = bc.patch_size
+        torch.testing.assert_close(bc.delta.abs(), torch.full_like(bc.delta, 8 / 255))  # full amplitude everywhere
+        flat = bc.delta.flatten(1)
+        self.assertEqual(len({tuple(r.sign().tolist()) for r in flat}), k)  # no two classes share a code
+        first = bc.delta[(slice(None), slice(None)) + (slice(0, p),) * (len(shape) - 1)]
+        self.assertTrue(bool((first == first.flatten(2)[..., :1].view(*first.shape[:2], *[1] * (len(shape) - 1))).all()))
+        x, y, idx = _batch(shape, n=12, k=k)
+        xp = bc.apply(x, idx, y)
+        self.assertTrue(bool(((xp >= 0) & (xp <= 1)).all()))
+        self.assertLessEqual(float((xp - x).abs().max()), 8 / 255 + 1e-6)
+        for c in range(k):  # the same pattern on every image of a class
+            rows = bc.noise(idx, y)[y == c]
+            self.assertTrue(torch.equal(rows, rows[:1].expand_as(rows)))
+
+    def test_black_background_keeps_positive_blocks_only(self):
+        bc = BlockCodePoison(10, (1, 28, 28), seed=0)
+        x = torch.zeros(10, 1, 28, 28)
+        xp = bc.apply(x, None, torch.arange(10))
+        torch.testing.assert_close(xp, bc.delta.clamp_min(0))
+        self.assertEqual(bc.patch_size, 7)
+
+    def test_more_classes_than_codes_refused(self):
+        with self.assertRaises(ValueError):
+            BlockCodePoison(17, (1, 4, 4), patch_size=2)  # 2x2 grid: 16 codes
+        self.assertEqual(BlockCodePoison(16, (1, 4, 4), patch_size=2).delta.shape, (16, 1, 4, 4))
 
 
 class TestDeterminism(unittest.TestCase):
@@ -378,6 +411,27 @@ class TestBehaviour(unittest.TestCase):
             acc_poison = float((net_poison(xt).argmax(1) == yt).float().mean())
         self.assertGreater(acc_clean, 0.85)
         self.assertLess(acc_poison, acc_clean - 0.2, f"clean {acc_clean:.3f} vs LSP-poisoned {acc_poison:.3f}")
+
+    def test_block_code_poisoned_victim_is_worse_on_clean_test(self):
+        """The block code fits the training set through the code: a victim trained on it is far worse on clean
+        digits. 8x8 digits are learned in a few steps, so (as for LSP above) the budget is test-sized: 64/255 (at
+        8/255 this victim ignores the code, 93.8% against 93.6% clean, as the CNN does on Fashion-MNIST)."""
+        x, y, xt, yt = _digits(1200)
+        xp = BlockCodePoison(10, (1, 8, 8), patch_size=2, eps=64 / 255, seed=0).apply(x, None, y)
+
+        def victim():
+            torch.manual_seed(0)
+            return torch.nn.Sequential(
+                torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
+            )
+
+        net_clean, net_poison = _train(victim(), x, y, 5), _train(victim(), xp, y, 5)
+        with torch.no_grad():
+            acc_clean = float((net_clean(xt).argmax(1) == yt).float().mean())
+            acc_poison = float((net_poison(xt).argmax(1) == yt).float().mean())
+            fit = float((net_poison(xp).argmax(1) == y).float().mean())
+        self.assertGreater(fit, 0.95)
+        self.assertLess(acc_poison, acc_clean - 0.15, f"clean {acc_clean:.3f} vs block-code {acc_poison:.3f}")
 
 
 class TestSmallResNet(unittest.TestCase):

@@ -1,6 +1,7 @@
 """trust_monai.protect: make data unlearnable before it is shared.
 
-Natural images (classification): error-minimizing noise (EM, sample-wise and class-wise), LSP and AR poisons.
+Natural images (classification): error-minimizing noise (EM, sample-wise and class-wise), LSP, AR and block-code
+poisons.
 Every poison module has ``apply(x, index, label)``, ``noise(index, label)``, ``config()`` and a state dict of plain
 tensors; :func:`save_poison` / :func:`load_poison` store one as ``{"poison", "config", "state_dict"}`` so it loads with
 ``torch.load(weights_only=True)``.
@@ -16,6 +17,7 @@ from .error_minimizing import ErrorMinimizingNoise
 from .poisons import (
     AR_PAPER_MAX_RMS,
     AutoregressivePoison,
+    BlockCodePoison,
     LinearSeparablePoison,
     ar_budget,
     ar_residual,
@@ -27,6 +29,7 @@ __all__ = [
     "POISONS",
     "ErrorMinimizingNoise",
     "LinearSeparablePoison",
+    "BlockCodePoison",
     "AutoregressivePoison",
     "make_poison",
     "save_poison",
@@ -38,7 +41,7 @@ __all__ = [
     "AR_PAPER_MAX_RMS",
 ]
 
-POISONS = ("em_samplewise", "em_classwise", "lsp", "ar")
+POISONS = ("em_samplewise", "em_classwise", "lsp", "ar", "blocks")
 
 
 def make_poison(
@@ -53,13 +56,14 @@ def make_poison(
     """Build the poison named ``poison`` (one of :data:`POISONS`).
 
     Args:
-        poison: ``em_samplewise`` | ``em_classwise`` | ``lsp`` | ``ar``.
+        poison: ``em_samplewise`` | ``em_classwise`` | ``lsp`` | ``ar`` | ``blocks``.
         num_classes: number of classes.
         image_shape: ``(C, *spatial)``.
         num_samples: training samples (rows of sample-wise EM noise).
         seed: seed of the initialisation / generation.
-        eps: budget (L-inf for EM, L2 for LSP / AR); ``None`` = the paper's default for this image size.
-        kwargs: passed on (``steps``, ``step_size`` for EM; ``patch_size`` for LSP; ``window``, ``candidates``,
+        eps: budget (L-inf for EM and blocks, L2 for LSP / AR); ``None`` = the paper's default for this image size
+            (8/255 for blocks).
+        kwargs: passed on (``steps``, ``step_size`` for EM; ``patch_size`` for LSP and blocks; ``window``, ``candidates``,
             ``fill_clipped`` for AR).
     """
     if poison in ("em_samplewise", "em_classwise"):
@@ -72,6 +76,8 @@ def make_poison(
                                     **em_kwargs)
     if poison == "lsp":
         return LinearSeparablePoison(num_classes, image_shape, patch_size=kwargs.get("patch_size"), eps=eps, seed=seed)
+    if poison == "blocks":
+        return BlockCodePoison(num_classes, image_shape, patch_size=kwargs.get("patch_size"), eps=eps, seed=seed)
     if poison == "ar":
         return AutoregressivePoison(num_classes, image_shape, eps=eps, window=kwargs.get("window", 3), seed=seed,
                                     candidates=kwargs.get("candidates", 0),
@@ -115,6 +121,8 @@ def load_poison(path: str | os.PathLike, map_location="cpu"):
         module = ErrorMinimizingNoise(**cfg)
     elif name == "lsp":
         module = LinearSeparablePoison(**cfg)
+    elif name == "blocks":
+        module = BlockCodePoison(**cfg)
     elif name == "ar":  # the saved filters, not a new draw: the noise stays the one the file was written with
         module = AutoregressivePoison(**cfg, coefficients=state.get("coefficients"))
     else:
