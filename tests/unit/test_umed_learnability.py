@@ -175,6 +175,40 @@ def test_fov_limits_scoring_to_the_field_of_view(tmp_path):
     assert outside == pytest.approx(2 * vessel / (vessel + 32 * 32), abs=1e-4)
 
 
+def test_subject_dice_pools_the_slices_of_one_subject(tmp_path):
+    """Two slices of one volume are scored as the volume: a missed 2-pixel cap slice does not halve the subject's
+    Dice; a file without a ``case`` is its own subject, and a subject without foreground is nan (left out of means)."""
+    import nibabel as nib
+
+    from trust_monai.engines.segmentation import subject_dice
+
+    root = tmp_path / "slices"
+    root.mkdir()
+    label = np.zeros((3, 16, 16), np.uint8)
+    label[0, 4:12, 4:12] = 1  # the lesion's centre slice: 64 pixels
+    label[1, 13:14, 13:15] = 1  # its cap: 2 pixels, off the square
+    files = []
+    for k in range(3):
+        for key, arr in (("image", label[k].astype(np.float32)), ("label", label[k])):
+            nib.save(nib.Nifti1Image(arr, np.eye(4)), root / f"{key}{k}.nii.gz")
+        files.append({"image": str(root / f"image{k}.nii.gz"), "label": str(root / f"label{k}.nii.gz"),
+                      "case": "case00" if k < 2 else ""})
+
+    class Centre(torch.nn.Module):  # predicts the centre slice's 8x8 square on every slice
+        def forward(self, x):
+            fg = torch.zeros_like(x)
+            fg[..., 4:12, 4:12] = 1.0
+            return torch.cat([1 - fg, fg], 1)
+
+    rows = score_segmenter(Centre(), files, 2, 2, (16, 16))
+    assert [r["dice"] for r in rows[:2]] == [pytest.approx(1.0), pytest.approx(0.0)]  # slice means would say 0.5
+    dice = subject_dice(rows)
+    assert set(dice) == {"case00", "image2.nii.gz"}
+    # the square is predicted on both slices: 64 true positives, 128 predicted, 66 in the reference
+    assert dice["case00"] == pytest.approx(2 * 64 / (128 + 66))
+    assert np.isnan(dice["image2.nii.gz"])
+
+
 def test_victim_study_writes_reliance_and_curves(tmp_path):
     ds = _png_dataset(tmp_path / "ds")
     study = VictimStudy(ds, ds, tmp_path / "out", 2, 2, archs=["unet"], epochs=2, patch_size=(32, 32),

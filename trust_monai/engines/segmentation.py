@@ -17,7 +17,7 @@ import torch
 
 from ..utils.fileio import atomic_path, atomic_write_text
 
-__all__ = ["victim_network", "train_segmenter", "score_segmenter", "VictimStudy"]
+__all__ = ["victim_network", "train_segmenter", "score_segmenter", "subject_dice", "VictimStudy"]
 
 
 def victim_network(arch: str, spatial_dims: int, in_channels: int, out_channels: int) -> torch.nn.Module:
@@ -93,7 +93,9 @@ def score_segmenter(
     """Per-case Dice and HD95 (mean over foreground classes present in the reference) with sliding windows.
 
     An entry with a ``fov`` mask (retinal photographs) is scored inside it only: outside, prediction and reference
-    both count as background, as the DRIVE protocol asks.
+    both count as background, as the DRIVE protocol asks. Each row also names its ``subject`` (the entry's ``case``,
+    which the slices of one volume share, else the image file) and keeps per-class voxel counts (``counts``: true
+    positives, predicted, reference per foreground class) so that :func:`subject_dice` can score whole subjects.
     """
     from monai.data import DataLoader, Dataset
     from monai.inferers import sliding_window_inference
@@ -125,12 +127,34 @@ def score_segmenter(
             hd = compute_hausdorff_distance(pred, ref, include_background=False, percentile=95)[0]
             d = dice[present]
             h = hd[present & torch.isfinite(hd)]
+            counts = torch.stack([(pred[:, 1:] * ref[:, 1:]).flatten(2).sum(-1)[0], pred[:, 1:].flatten(2).sum(-1)[0],
+                                  ref[:, 1:].flatten(2).sum(-1)[0]], -1)
             rows.append({
                 "case": Path(entry["image"]).name,
+                "subject": str(entry.get("case") or Path(entry["image"]).name),
+                "counts": counts.cpu().numpy(),
                 "dice": float(d.mean()) if d.numel() else float("nan"),
                 "hd95": float(h.mean()) if h.numel() else float("nan"),
             })
     return rows
+
+
+def subject_dice(rows: Sequence[dict]) -> dict[str, float]:
+    """Dice per subject from :func:`score_segmenter` rows: voxel counts summed over the subject's rows (the slices of
+    one volume), then Dice per foreground class present in its reference, averaged over those classes.
+
+    For 2D slices of volumes this is the volume Dice of the stacked slices, as 3D scoring would give; a mean of slice
+    Dice instead weighs a lesion's 3-voxel cap slice like its centre slice.
+    """
+    totals: dict[str, np.ndarray] = {}
+    for r in rows:
+        totals[r["subject"]] = totals.get(r["subject"], 0) + np.asarray(r["counts"], dtype=np.float64)
+    out = {}
+    for subject, c in totals.items():
+        present = c[:, 2] > 0
+        dice = 2 * c[present, 0] / np.maximum(c[present, 1] + c[present, 2], 1)
+        out[subject] = float(dice.mean()) if present.any() else float("nan")
+    return out
 
 
 def _mean(values) -> float:
@@ -143,7 +167,8 @@ class VictimStudy:
 
     For every architecture, seed and training set (clean, changed) a fresh victim is trained; its Dice on the clean
     held-out cases is recorded after every ``eval_every`` epochs (the curve shows whether it converged) and at the end
-    (Dice, HD95). **Reliance** is the victim's Dice on the changed training cases minus its Dice on the same cases
+    (Dice, HD95). Dice is per held-out subject (:func:`subject_dice`: the slices of one volume pooled), averaged over
+    subjects; ``slice_dice`` is the mean over files. **Reliance** is the victim's Dice on the changed training cases minus its Dice on the same cases
     without the change: near 0 for a victim that learned anatomy, large for one that learned the perturbation as a
     shortcut (it segments only where the perturbation is).
 
@@ -200,7 +225,7 @@ class VictimStudy:
 
     def _dice(self, net, files) -> float:
         rows = score_segmenter(net, files, self.spatial_dims, self.num_classes, self.patch_size, self.device)
-        return _mean(r["dice"] for r in rows)
+        return _mean(subject_dice(rows).values())
 
     def run(self) -> list[dict]:
         from monai.utils import set_determinism
@@ -230,20 +255,24 @@ class VictimStudy:
                         on_epoch=on_epoch,
                     )
                     rows = score_segmenter(net, test, self.spatial_dims, self.num_classes, self.patch_size, self.device)
-                    per_case += [{"victim": arch, "seed": seed, "trained_on": data_name, **r} for r in rows]
+                    per_case += [{"victim": arch, "seed": seed, "trained_on": data_name,
+                                  **{k: v for k, v in r.items() if k != "counts"}} for r in rows]
+                    subjects = subject_dice(rows)
                     with_change = self._dice(net, train_sets[self.label])
                     without = self._dice(net, train_sets["clean"])
                     results.append({
                         "victim": arch,
                         "seed": seed,
                         "trained_on": data_name,
-                        "dice": _mean(r["dice"] for r in rows),
+                        "dice": _mean(subjects.values()),
+                        "slice_dice": _mean(r["dice"] for r in rows),
                         "hd95": _mean(r["hd95"] for r in rows),
                         "reliance": with_change - without,
                         "train_dice_changed": with_change,
                         "train_dice_clean": without,
                         "final_train_loss": losses[-1] if losses else float("nan"),
                         "test_cases": len(rows),
+                        "test_subjects": len(subjects),
                     })
                     r = results[-1]
                     print(f"[victim] {arch:9s} seed {seed} trained on {data_name:9s}: Dice {r['dice']:.4f}  "
