@@ -93,8 +93,8 @@ def score_segmenter(
     """Per-case Dice and HD95 (mean over foreground classes present in the reference) with sliding windows.
 
     An entry with a ``fov`` mask (retinal photographs) is scored inside it only: outside, prediction and reference
-    both count as background, as the DRIVE protocol asks. Each row also names its ``subject`` (the entry's ``case``,
-    which the slices of one volume share, else the image file) and keeps per-class voxel counts (``counts``: true
+    both count as background, as the DRIVE protocol asks. Each row also names its ``subject`` (the entry's
+    ``subject`` or ``case``, which the slices of one volume share, else the image file) and keeps per-class voxel counts (``counts``: true
     positives, predicted, reference per foreground class) so that :func:`subject_dice` can score whole subjects.
     """
     from monai.data import DataLoader, Dataset
@@ -131,7 +131,7 @@ def score_segmenter(
                                   ref[:, 1:].flatten(2).sum(-1)[0]], -1)
             rows.append({
                 "case": Path(entry["image"]).name,
-                "subject": str(entry.get("case") or Path(entry["image"]).name),
+                "subject": str(entry.get("subject") or entry.get("case") or Path(entry["image"]).name),
                 "counts": counts.cpu().numpy(),
                 "dice": float(d.mean()) if d.numel() else float("nan"),
                 "hd95": float(h.mean()) if h.numel() else float("nan"),
