@@ -127,7 +127,18 @@ class TestBlockCode(unittest.TestCase):
         x = torch.zeros(10, 1, 28, 28)
         xp = bc.apply(x, None, torch.arange(10))
         torch.testing.assert_close(xp, bc.delta.clamp_min(0))
-        self.assertEqual(bc.patch_size, 7)
+        self.assertEqual(bc.patch_size, 14)  # default: 2x2 grid, the coarsest with 10 codes on one channel
+
+    def test_default_grid_is_the_coarsest_with_enough_codes(self):
+        from trust_monai.protect.poisons import block_code_patch
+
+        self.assertEqual(block_code_patch(10, (1, 28, 28)), 14)  # 2x2: 16 codes
+        self.assertEqual(block_code_patch(17, (1, 28, 28)), 9)  # 3x3 (+ a 1 px rim): 2 ** 16 codes
+        self.assertEqual(block_code_patch(100, (3, 32, 32)), 16)  # 2x2 on three channels: 4096 codes
+        self.assertEqual(block_code_patch(10, (1, 8, 8, 8)), 4)  # 2x2x2: 256 codes
+        for k, shape in [(17, (1, 28, 28)), (100, (3, 32, 32))]:
+            bc = BlockCodePoison(k, shape, seed=0)
+            self.assertEqual(len({tuple(r.sign().tolist()) for r in bc.delta.flatten(1)}), k)
 
     def test_more_classes_than_codes_refused(self):
         with self.assertRaises(ValueError):
