@@ -22,9 +22,19 @@ def _default_settings(monkeypatch):
     monkeypatch.delenv("TRUST_MONAI_MNI152_RESOLUTION", raising=False)
 
 
+SMALL = {"training": 6, "test": 3}  # subjects built here; the rule is the same for the default 48 / 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _few_subjects():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lesions_mod, "N_CASES", dict(SMALL))
+        yield
+
+
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """Both datasets at the default settings, built once for this module."""
+def built(tmp_path_factory, _few_subjects):
+    """Both datasets at the default settings (fewer subjects), built once for this module."""
     root = tmp_path_factory.mktemp("lesions")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv(lesions_mod.CONTRAST_ENV, raising=False)
@@ -56,7 +66,7 @@ def test_volumes(built):
     tpl = lesions_mod.template(2)
     sigma = lesions_mod.NOISE_FRACTION * tpl["brain_range"]
     step = lesions_mod.DEFAULT_CONTRAST * tpl["brain_range"]
-    assert (doc["numTraining"], doc["numTest"]) == (16, 8)
+    assert (doc["numTraining"], doc["numTest"]) == (SMALL["training"], SMALL["test"])
     assert doc["synthetic_lesions"] is True and "SYNTHETIC" in doc["lesion_rule"] and "SYNTHETIC" in doc["description"]
     assert doc["contrast"] == lesions_mod.DEFAULT_CONTRAST == 0.12 and doc["labels"] == {"0": "background", "1": "lesion"}
     split = doc["split"]
@@ -67,7 +77,8 @@ def test_volumes(built):
     for key, tr in (("training", "Tr"), ("test", "Ts")):
         for i, entry in enumerate(doc[key]):
             assert set(entry) == {"image", "label", "case", "z_range", "modality", "lesions", "lesion_voxels"}
-            assert entry["z_range"] == split[key] and entry["image"] == f"images{tr}/{entry['case']}.nii.gz"
+            # split by subject: every case is the training slab of the template, warped into its own anatomy
+            assert entry["z_range"] == split["training"] and entry["image"] == f"images{tr}/{entry['case']}.nii.gz"
             a, b = entry["z_range"]
             image, label = array(folder / entry["image"]), array(folder / entry["label"])
             assert image.dtype == np.float32 and label.dtype == np.uint8 and image.shape == label.shape
@@ -119,9 +130,11 @@ def test_slices_are_the_volumes(built):
                 np.testing.assert_array_equal(lab, label[..., z - a])
                 assert int(lab.sum()) == entry["lesion_voxels"]
                 np.testing.assert_allclose(affine(folder / entry["image"])[:3, 3], (tpl["affine"] @ [0, 0, z, 1])[:3])
+    # new subjects of the same region: test slices lie within the training slices' z range, but no subject repeats
     train_z = {e["slice"] for e in doc["training"]}
     test_z = {e["slice"] for e in doc["test"]}
-    assert max(train_z) < min(test_z) - 5
+    assert min(train_z) <= min(test_z) and max(test_z) <= max(train_z)
+    assert not {e["case"] for e in doc["training"]} & {e["case"] for e in doc["test"]}
 
 
 def test_build_is_reproducible(built, tmp_path):

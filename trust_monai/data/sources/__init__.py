@@ -102,7 +102,7 @@ _REGISTRY: dict[str, tuple[DatasetInfo, str]] = {
             DatasetInfo(
                 "mni152_lesions",
                 "SYNTHETIC lesions (1-4 random blobs, exact masks) painted into the real MNI152 T1 template: "
-                "16 training and 8 test axial slabs, NIfTI.",
+                "one axial slab warped into 48 training and 16 test subjects, NIfTI.",
                 "segmentation",
                 3,
                 _MNI_SOURCE,
