@@ -24,8 +24,8 @@ run train --epochs "${QUICKSTART_EPOCHS:-1}" --reinit_every 40 --patch_size "[64
 echo "[quickstart] 2/3 protecting the training split"
 run inference --output_dir "$OUT/protected"
 echo "[quickstart] 3/3 training a victim on protected and on clean data"
-run evaluate --output_dir "$OUT/eval" --epochs "${QUICKSTART_VICTIM_EPOCHS:-2}" --victims "['unet']" \
-    --victim_seeds "[0]" --eval_every 1 --patch_size "[64,64]" --batch_size 8
+run evaluate --output_dir "$OUT/eval" --epochs "${QUICKSTART_VICTIM_EPOCHS:-6}" --max_cases 500 --victims "['unet']" \
+    --victim_seeds "[0]" --eval_every 2 --patch_size "[64,64]" --batch_size 8
 
 echo
 echo "[quickstart] done"
