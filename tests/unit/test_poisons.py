@@ -37,6 +37,12 @@ EM_MODES = [("samplewise",), ("classwise",)]
 POISON_NAMES = [("em_samplewise",), ("em_classwise",), ("lsp",), ("ar",), ("blocks",)]
 
 
+
+def _digit_victim():
+    """The MLP victim of the digit poison checks, seeded."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+
 def _digits(n_train: int = 1200, seed: int = 0):
     from sklearn.datasets import load_digits
 
@@ -410,13 +416,7 @@ class TestBehaviour(unittest.TestCase):
         lsp = LinearSeparablePoison(10, (1, 8, 8), patch_size=4, eps=12 * lsp_budget((1, 8, 8)), seed=0)
         xp = lsp.apply(x, None, y)
 
-        def victim():
-            torch.manual_seed(0)
-            return torch.nn.Sequential(
-                torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
-            )
-
-        net_clean, net_poison = _train(victim(), x, y, 5), _train(victim(), xp, y, 5)
+        net_clean, net_poison = _train(_digit_victim(), x, y, 5), _train(_digit_victim(), xp, y, 5)
         with torch.no_grad():
             acc_clean = float((net_clean(xt).argmax(1) == yt).float().mean())
             acc_poison = float((net_poison(xt).argmax(1) == yt).float().mean())
@@ -430,13 +430,7 @@ class TestBehaviour(unittest.TestCase):
         x, y, xt, yt = _digits(1200)
         xp = BlockCodePoison(10, (1, 8, 8), patch_size=2, eps=64 / 255, seed=0).apply(x, None, y)
 
-        def victim():
-            torch.manual_seed(0)
-            return torch.nn.Sequential(
-                torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
-            )
-
-        net_clean, net_poison = _train(victim(), x, y, 5), _train(victim(), xp, y, 5)
+        net_clean, net_poison = _train(_digit_victim(), x, y, 5), _train(_digit_victim(), xp, y, 5)
         with torch.no_grad():
             acc_clean = float((net_clean(xt).argmax(1) == yt).float().mean())
             acc_poison = float((net_poison(xt).argmax(1) == yt).float().mean())

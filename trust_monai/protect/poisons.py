@@ -64,7 +64,30 @@ def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
     return delta * (eps / norms).view(-1, *([1] * (delta.dim() - 1)))
 
 
-class LinearSeparablePoison(nn.Module):
+def _blocks_to_image(values: torch.Tensor, patch_size: int, spatial: Sequence[int]) -> torch.Tensor:
+    """``(K, C, *grid)`` block values repeated over blocks of ``patch_size``, cropped to ``spatial``."""
+    for axis, size in enumerate(spatial):
+        values = values.repeat_interleave(patch_size, dim=2 + axis).narrow(2 + axis, 0, size)
+    return values
+
+
+class _ClassPatternPoison(nn.Module):
+    """A fixed pattern per class in the buffer ``delta`` (K, C, *spatial), added and clipped to [0, 1]."""
+
+    def noise(self, index: torch.Tensor | None, label: torch.Tensor) -> torch.Tensor:
+        """The class patterns of ``label`` (B,) as ``(B, C, *spatial)``; ``index`` is unused (class-wise noise)."""
+        return self.delta[label.long().to(self.delta.device)]
+
+    def apply(self, x: torch.Tensor, index: torch.Tensor | None, label: torch.Tensor) -> torch.Tensor:
+        """``clip(x + delta[label], 0, 1)``."""
+        return (x + self.noise(index, label).to(x)).clamp(0.0, 1.0)
+
+    def config(self) -> dict:
+        return {"num_classes": self.num_classes, "image_shape": list(self.image_shape), "patch_size": self.patch_size,
+                "eps": self.eps, "seed": self.seed}
+
+
+class LinearSeparablePoison(_ClassPatternPoison):
     """LSP: one patch pattern per class, uniform values per patch and channel, scaled to an L2 budget.
 
     Args:
@@ -97,22 +120,8 @@ class LinearSeparablePoison(nn.Module):
         g = torch.Generator().manual_seed(self.seed)
         grid = [math.ceil(s / self.patch_size) for s in spatial]
         values = torch.rand((self.num_classes, self.image_shape[0], *grid), generator=g, dtype=torch.float64) * 2 - 1
-        delta = values
-        for axis, size in enumerate(spatial):  # repeat every patch value over its patch, then crop to the image
-            delta = delta.repeat_interleave(self.patch_size, dim=2 + axis).narrow(2 + axis, 0, size)
+        delta = _blocks_to_image(values, self.patch_size, spatial)
         self.register_buffer("delta", project_l2(delta, self.eps).float())
-
-    def noise(self, index: torch.Tensor | None, label: torch.Tensor) -> torch.Tensor:
-        """The class patterns of ``label`` (B,) as ``(B, C, *spatial)``; ``index`` is unused (class-wise noise)."""
-        return self.delta[label.long().to(self.delta.device)]
-
-    def apply(self, x: torch.Tensor, index: torch.Tensor | None, label: torch.Tensor) -> torch.Tensor:
-        """``clip(x + delta[label], 0, 1)``."""
-        return (x + self.noise(index, label).to(x)).clamp(0.0, 1.0)
-
-    def config(self) -> dict:
-        return {"num_classes": self.num_classes, "image_shape": list(self.image_shape), "patch_size": self.patch_size,
-                "eps": self.eps, "seed": self.seed}
 
 
 def block_code_patch(num_classes: int, image_shape: Sequence[int]) -> int:
@@ -126,7 +135,7 @@ def block_code_patch(num_classes: int, image_shape: Sequence[int]) -> int:
     return 1
 
 
-class BlockCodePoison(nn.Module):
+class BlockCodePoison(_ClassPatternPoison):
     """Block code: one +-``eps`` sign pattern per class on a grid of square blocks (L-inf budget, full amplitude).
 
     Args:
@@ -171,21 +180,7 @@ class BlockCodePoison(nn.Module):
             if not any(torch.equal(c, o) for o in codes):
                 codes.append(c)
         delta = (torch.stack(codes).double() * 2 - 1).reshape(self.num_classes, self.image_shape[0], *grid)
-        for axis, size in enumerate(spatial):  # repeat every block value over its block, then crop to the image
-            delta = delta.repeat_interleave(self.patch_size, dim=2 + axis).narrow(2 + axis, 0, size)
-        self.register_buffer("delta", (delta * self.eps).float())
-
-    def noise(self, index: torch.Tensor | None, label: torch.Tensor) -> torch.Tensor:
-        """The class patterns of ``label`` (B,) as ``(B, C, *spatial)``; ``index`` is unused (class-wise noise)."""
-        return self.delta[label.long().to(self.delta.device)]
-
-    def apply(self, x: torch.Tensor, index: torch.Tensor | None, label: torch.Tensor) -> torch.Tensor:
-        """``clip(x + delta[label], 0, 1)``."""
-        return (x + self.noise(index, label).to(x)).clamp(0.0, 1.0)
-
-    def config(self) -> dict:
-        return {"num_classes": self.num_classes, "image_shape": list(self.image_shape), "patch_size": self.patch_size,
-                "eps": self.eps, "seed": self.seed}
+        self.register_buffer("delta", (_blocks_to_image(delta, self.patch_size, spatial) * self.eps).float())
 
 
 def _causal_offsets(window: int, spatial_dims: int) -> list[tuple[int, ...]]:
