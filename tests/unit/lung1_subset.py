@@ -3,6 +3,8 @@
 ``subset(dst, margin)`` copies the CT slices that GTV-1 is drawn on plus ``margin`` slices on either side, and an
 RTSTRUCT in which every contour (of any structure) lying on a slice that was not copied is dropped, as are the
 ContourImageSequence entries of those slices: what remains is a valid, smaller study whose GTV-1 is complete.
+``step > 1`` also keeps every ``step``-th row and column of each slice (same SOP Instance UIDs, pixel spacing times
+``step``, first pixel where it was), so the contours, in patient millimetres, still lie on the smaller grid.
 The study itself is never written to; tests skip when it is absent.
 """
 
@@ -27,7 +29,20 @@ def _z(values) -> float:
     return float(np.asarray(values, float).reshape(-1, 3)[:, 2].mean())
 
 
-def subset(dst: Path, margin: int = 2, roi: str = "GTV-1") -> Path:
+def _downsample(src: Path, dst: Path, step: int) -> None:
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(src)
+    arr = ds.pixel_array[::step, ::step]
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian  # pixels written back uncompressed
+    ds.Rows, ds.Columns = arr.shape
+    ds.PixelSpacing = [float(v) * step for v in ds.PixelSpacing]
+    ds.PixelData = np.ascontiguousarray(arr).tobytes()
+    ds.save_as(dst)
+
+
+def subset(dst: Path, margin: int = 2, roi: str = "GTV-1", step: int = 1) -> Path:
     """Write ``dst/image/*.dcm`` and ``dst/mask_rtstruct/1-1.dcm``; returns ``dst``."""
     import pydicom
 
@@ -45,7 +60,10 @@ def subset(dst: Path, margin: int = 2, roi: str = "GTV-1") -> Path:
     (dst / "image").mkdir(parents=True, exist_ok=True)
     uids = set()
     for _, f in keep:
-        shutil.copyfile(f, dst / "image" / f.name)
+        if step > 1:
+            _downsample(f, dst / "image" / f.name, step)
+        else:
+            shutil.copyfile(f, dst / "image" / f.name)
         uids.add(str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID))
     for item in rt.ROIContourSequence:
         item.ContourSequence = [c for c in item.ContourSequence
