@@ -70,7 +70,15 @@ def test_protect_lung1_with_rtstruct(tmp_path):
     a, _ = read_image(study / "image")
     b, _ = read_image(out / "image")
     change = b.astype(np.float64) - a
-    eps_hu = np.floor(gen.epsilon * 2000.0)  # CT window -1000..1000 HU, stored in whole HU
+    # the verb protects at the umed bundle's budget, not the network class's default
+    from monai.bundle import ConfigParser
+
+    from trust_monai.bundle import bundle_root
+
+    cfg = ConfigParser()
+    cfg.read_config(Path(bundle_root("umed")) / "configs" / "inference.json")
+    eps = float(cfg.get_parsed_content("epsilon"))
+    eps_hu = np.floor(eps * 2000.0)  # CT window -1000..1000 HU, stored in whole HU
     assert 0 < np.abs(change).max() <= eps_hu
     region = contour_band(torch.as_tensor(gtv_in, dtype=torch.float32)[None, None], gen.band_width)[1][0, 0]
     assert not change[region.numpy() == 0].any(), "nothing changes outside the mask and its contour band"
