@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -101,6 +102,24 @@ def test_bad_cases_fail_alone_and_empty_mask_is_copied(tmp_path, generator):
     for i in (0, 1, 2, 4):  # nothing half-written for failed cases
         assert not (out / tr[i]["image"]).exists()
     assert img0.exists()
+
+
+def test_learning_skips_bad_cases_by_name_and_summarises_empty_masks(tmp_path, capsys):
+    """Learning drops a broken case with one line naming it; empty masks (normal in slice data) get one summary line."""
+    from trust_monai.protect.umed import usable_cases
+
+    ds = _dataset(tmp_path)
+    files = load_datalist(ds, "training")
+    empty = np.zeros(read_image(files[0]["label"])[0].shape, np.uint8)
+    for i in (1, 2, 3):
+        _nifti_like(files[i]["label"], empty, files[i]["label"])
+    _nifti_like(files[4]["label"], np.zeros((10, 10), np.uint8), files[4]["label"])
+    kept = usable_cases(files, num_classes=2)
+    assert [f["image"] for f in kept] == [f["image"] for i, f in enumerate(files) if i not in (1, 2, 3, 4)]
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("[umed] skipping") and Path(files[4]["label"]).name in lines[0]
+    assert lines[1].startswith(f"[umed] 3 of {len(files)} training cases have an empty mask")
 
 
 @pytest.mark.parametrize("scale", [1e-16, 1.0, 3000.0])

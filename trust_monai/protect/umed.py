@@ -47,24 +47,32 @@ def usable_cases(files: Sequence[dict], num_classes: int | None = None) -> list[
     Raises:
         TrustMonaiError: no usable case is left.
     """
+    from pathlib import Path
+
     import numpy as np
 
     from ..data.io import read_image
     from ..engines.case_writer import read_case_label
     from ..errors import CaseError, InputFileError, TrustMonaiError
 
-    kept = []
+    kept, empty = [], []
     for entry in files:
         try:
             image, meta = read_image(entry["image"])
             label, label_path = read_case_label(entry, image, meta, "UMed")
             check_case(image, label, entry["image"], label_path, num_classes)
-            if not (np.asarray(label) > 0).any():
-                raise CaseError(f"{label_path}: mask has no foreground; nothing to learn from (the case is copied as is)")
         except (CaseError, InputFileError) as e:
             print(f"[umed] skipping {e}")
             continue
-        kept.append(entry)
+        if (np.asarray(label) > 0).any():
+            kept.append(entry)
+        else:
+            empty.append(Path(label_path).name)
+    if empty:
+        # slices without foreground are normal in a slice dataset: one summary line, not one line per slice
+        shown = ", ".join(empty[:3]) + (", ..." if len(empty) > 3 else "")
+        print(f"[umed] {len(empty)} of {len(files)} training cases have an empty mask ({shown}): nothing to learn "
+              "from them; protecting copies them unchanged")
     if not kept:
         raise TrustMonaiError("no training case has a usable mask (see the lines above); nothing to learn from")
     return kept
