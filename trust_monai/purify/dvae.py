@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.engines import SupervisedTrainer
@@ -145,18 +146,32 @@ class StageOutputs(Dataset):
 
 
 def check_labels(dataset: Dataset) -> None:
-    """The class-wise embedding needs a label for every case: name the cases that lack one, before training."""
-    missing = []
+    """The class-wise embedding needs a label for every case: name the cases that lack one, before training.
+
+    Image-level classes must also take at least two values: with one class the class-wise perturbation branch
+    is a per-dataset constant and nothing tells a poison from content (label maps are not counted: a slice set
+    may hold background-only maps).
+    """
+    missing, classes = [], set()
     for i in range(len(dataset)):
         item = dataset[i]
         lab = item.get(Keys.LABEL) if isinstance(item, dict) else None
         if lab is None or (torch.is_tensor(lab) and lab.numel() == 0):
             missing.append(str(item.get("path", i)) if isinstance(item, dict) else str(i))
+        elif classes is not None and (lab.numel() if torch.is_tensor(lab) else np.size(lab)) == 1:
+            classes.add(int(lab))
+        else:
+            classes = None  # label maps
         if len(missing) >= 5:
             break
     if missing:
         raise DatalistError(
             f"the D-VAE's class-wise embedding needs a label for every training case; missing in: {', '.join(missing)}"
+        )
+    if classes is not None and len(classes) == 1 and len(dataset) > 1:
+        raise DatalistError(
+            f"all {len(dataset)} training cases have class {classes.pop()}: the class-wise purifier needs at least two "
+            "classes (check the datalist's labels)"
         )
 
 
