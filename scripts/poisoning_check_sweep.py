@@ -71,9 +71,9 @@ def main() -> None:
     def run(name, strength, xp):
         t0 = time.time()
         r = check_poisoning((xp * 255).round().to(torch.uint8), y, seed=args.seed)
-        rows.append((name, strength, r.scores["linear"], r.scores["texture"], r.poisoned, time.time() - t0))
-        print(f"{name:22s} {strength:16s} linear {r.scores['linear']:.3f} texture {r.scores['texture']:.3f} "
-              f"-> {'POISONED' if r.poisoned else 'clean'} ({time.time() - t0:.1f}s)", flush=True)
+        rows.append((name, strength, *r.scores.values(), r.poisoned, time.time() - t0))
+        print(f"{name:22s} {strength:16s} " + " ".join(f"{k} {v:.3f}" for k, v in r.scores.items())
+              + f" -> {'POISONED' if r.poisoned else 'clean'} ({time.time() - t0:.1f}s)", flush=True)
 
     for name, strength, poison, kw in specs:
         if poison is None:
@@ -90,9 +90,9 @@ def main() -> None:
             with torch.no_grad():
                 delta = em.noise(idx, y) * scale
             run(em.name, strength, (x + delta).clamp(0, 1))
-    lines = ["| set | strength | linear probe | texture probe | verdict | seconds |", "|---|---|---|---|---|---|"]
-    lines += [f"| {n} | {s} | {a:.3f} | {b:.3f} | {'poisoned' if p else 'clean'} | {t:.1f} |"
-              for n, s, a, b, p, t in rows]
+    lines = ["| set | strength | linear | residual | texture | verdict | seconds |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {s} | {a:.3f} | {b:.3f} | {c:.3f} | {'poisoned' if p else 'clean'} | {t:.1f} |"
+              for n, s, a, b, c, p, t in rows]
     print("\n".join(lines))
     if args.out:
         with open(args.out, "w") as f:

@@ -31,7 +31,7 @@ def _poisoned(ds, poison: str, **kw) -> torch.Tensor:
 
 
 # the block code at its default 8/255 and the issue-24 patch code (7x7 patches, +-0.15): held-out linear probe
-# 0.934 and 0.995 at 400 images against 0.776 clean (threshold 0.88)
+# 0.934 and 0.995 at 400 images against 0.776 clean (threshold 0.88); clean residual 0.633 (0.76), texture 0.745
 @pytest.mark.parametrize("poison, kw", [("blocks", {}), ("blocks", {"patch_size": 7, "eps": 0.15})])
 def test_flags_poison_not_clean(fashion, poison, kw):
     clean = check_poisoning(fashion.images, fashion.labels)
