@@ -10,7 +10,11 @@ the table can tell a difference between defences from a victim's run-to-run spre
 only the missing victims.
 
 Writes ``WORK/matrix.csv`` (one row per cell and victim seed), ``WORK/matrix.md`` (mean, and the sample standard
-deviation over seeds where there are several) and ``WORK/matrix.png`` (heatmap of the means).
+deviation over seeds where there are several) and ``WORK/matrix.png`` (heatmap of the means); for a budget sweep
+(``configs/grids/purify_sweep.json``: attacks labelled with ``family`` and ``strength``) also ``WORK/sweep.png``,
+accuracy against poison strength per attack family, a line per defence. An attack's other keys (``epsilon``,
+``patch_size``, ...) override ``ue_natural`` ``train.json``; a defence ``{"defence": "dvae", "overrides": {...}}``
+is a variant of a bundle defence with its own purifier checkpoints.
 
     python scripts/purify_matrix.py --work /tmp/purify_matrix [--grid configs/grids/purify_matrix.json] \
         [--attack_dir lsp=/path/to/lsp_poisoned ...] [--only_attacks lsp,ar] [--only_defences none,dvae] \
@@ -65,6 +69,8 @@ def _write(rows: list[dict], work: Path, grid: dict) -> None:
     """Table and heatmap of every cell measured so far (in the grid's order), not only this run's subset."""
     from trust_monai.utils.fileio import atomic_path, atomic_write_text
 
+    grid_spec = grid
+
     attacks = [a for a in grid["attacks"] if any(r["attack"] == a for r in rows)]
     defences = [d for d in grid["defences"] if any(r["defence"] == d for r in rows)]
 
@@ -112,6 +118,41 @@ def _write(rows: list[dict], work: Path, grid: dict) -> None:
     ax.set_title("attack x defence" + (" (mean over victim seeds)" if several else ""))
     fig.tight_layout()
     with atomic_path(work / "matrix.png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    _plot_sweep(acc, attacks, defences, grid_spec, work)
+
+
+def _plot_sweep(acc: dict, attacks: list, defences: list, grid: dict, work: Path) -> None:
+    """``sweep.png``: for a grid whose attacks carry ``family`` and ``strength``, one panel per attack family with
+    victim accuracy against strength, a line per defence, and the clean victim as a dashed line."""
+    import matplotlib.pyplot as plt
+
+    from trust_monai.utils.fileio import atomic_path
+
+    families: dict[str, list[str]] = {}
+    for a in attacks:
+        fam = grid["attacks"][a].get("family")
+        if fam:
+            families.setdefault(fam, []).append(a)
+    if not families:
+        return
+    fig, axes = plt.subplots(1, len(families), figsize=(3.6 * len(families), 3.4), squeeze=False)
+    for ax, (fam, rows) in zip(axes[0], families.items()):
+        labels = [grid["attacks"][a]["strength"] for a in rows]
+        for d in defences:
+            ys = [acc.get((a, d), float("nan")) for a in rows]
+            ax.plot(range(len(rows)), ys, marker="o", label=d)
+        if ("none", "none") in acc:
+            ax.axhline(acc[("none", "none")], color="k", ls="--", lw=0.8, label="clean victim")
+        ax.set_xticks(range(len(rows)), labels)
+        ax.set_ylim(0, 100)
+        ax.set_title(fam)
+        ax.set_xlabel("poison strength")
+    axes[0][0].set_ylabel("victim clean test accuracy (%)")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    with atomic_path(work / "sweep.png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
@@ -165,9 +206,12 @@ def main(argv=None) -> int:
             src = work / "attacks" / attack
             if not (src / "dataset.json").is_file():
                 models = work / "attacks" / f"{attack}_models"
+                # any other key of the attack (epsilon, patch_size, ...) overrides train.json; the noise file it
+                # writes carries them to inference
+                knobs = {k: v for k, v in spec.items() if k not in ("bundle", "poison", "family", "strength")}
                 extra = grid.get("em_train_overrides", {}) if spec["poison"].startswith("em") else {}
                 _bundle(spec.get("bundle", "ue_natural"), "train", poison=spec["poison"], ckpt_dir=str(models),
-                        seed=seed, **extra)
+                        seed=seed, **{**extra, **knobs})
                 _bundle(spec.get("bundle", "ue_natural"), "inference", poison=spec["poison"], ckpt_dir=str(models),
                         output_dir=str(src), max_train=n_train, seed=seed)
         models = work / "purifiers" / attack
@@ -180,14 +224,18 @@ def main(argv=None) -> int:
                 train_dir = src
             else:
                 train_dir = work / "defended" / attack / defence
+                # a grid defence may be a variant of a bundle defence: {"defence": "dvae", "overrides": {...}}
+                dspec = grid["defences"][defence]
+                base, knobs = dspec.get("defence", defence), dspec.get("overrides", {})
+                ckpt = models if not knobs else models / defence
                 # for a cell whose data an earlier seed's victim used, both bundles find their work done and skip it
-                if defence in ("vae", "dvae_stage1", "dvae"):
-                    _bundle("dvae_natural", "train", defence="dvae" if defence != "vae" else "vae",
-                            dataset_dir=str(src), ckpt_dir=str(models),
+                if base in ("vae", "dvae_stage1", "dvae"):
+                    _bundle("dvae_natural", "train", defence="dvae" if base != "vae" else "vae",
+                            dataset_dir=str(src), ckpt_dir=str(ckpt),
                             max_train=int(grid.get("purifier_max_train", n_train)),
-                            epochs=int(grid["purifier_epochs"]), seed=seed)
-                _bundle("dvae_natural", "inference", defence=defence, dataset_dir=str(src), ckpt_dir=str(models),
-                        output_dir=str(train_dir), max_train=n_train, seed=seed)
+                            epochs=int(grid["purifier_epochs"]), seed=seed, **knobs)
+                _bundle("dvae_natural", "inference", defence=base, dataset_dir=str(src), ckpt_dir=str(ckpt),
+                        output_dir=str(train_dir), max_train=n_train, seed=seed, **knobs)
             for victim_seed in todo:
                 out = work / "victims" / attack / (defence if victim_seed == seed else f"{defence}_seed{victim_seed}")
                 ev = VictimEvaluation(

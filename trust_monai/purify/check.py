@@ -65,12 +65,17 @@ class PoisonCheckResult:
     chance: float
     curve: dict = field(default_factory=dict)
 
-    def summary(self) -> str:
+    def summary(self, after: bool = False) -> str:
+        """One line; ``after``: worded for the check of a purifier's output."""
         parts = ", ".join(f"{k} probe {v:.3f} (flag at {self.thresholds[k]:.2f})" for k, v in self.scores.items())
-        verdict = "LOOKS POISONED: purify before training" if self.poisoned else "no sign of poisoning"
+        if after:
+            verdict = ("STILL LOOKS POISONED after purification: the purifier did not remove this poison, a model "
+                       "trained on this copy may learn it" if self.poisoned else "no sign of poisoning left after purification")
+        else:
+            verdict = "LOOKS POISONED: purify before training" if self.poisoned else "no sign of poisoning"
         small = (f"; only {self.n} images, fewer than the 2000 the thresholds were set at: all scores are lower, "
                  "a weak poison may pass") if self.n < 2000 and not self.poisoned else ""
-        return (f"poisoning check on {self.n} images: {verdict}; held-out accuracy of {parts}; "
+        return (f"poisoning check on {self.n} {'purified ' if after else ''}images: {verdict}; held-out accuracy of {parts}; "
                 f"chance {self.chance:.3f}{small}")
 
 
@@ -235,13 +240,16 @@ class PoisoningCheck:
         dataset: the received training set (an ``ImageClassificationDataset``).
         output_dir: where the picture and the JSON go (refused inside the dataset's folder: inputs stay untouched).
         enabled: ``False`` skips the check (it takes seconds: at most ``max_images`` images are probed).
+        after: the dataset is a purifier's output (``output_dir`` is then its own folder): the files are
+            ``poisoning_check_after.*`` and the verdict says whether the poison survived purification.
         kwargs: passed to :func:`check_poisoning`.
 
     Under ``torchrun`` only rank 0 checks (the result is the same on every rank).
     """
 
-    def __init__(self, dataset, output_dir: str | os.PathLike, enabled: bool = True, **kwargs):
+    def __init__(self, dataset, output_dir: str | os.PathLike, enabled: bool = True, after: bool = False, **kwargs):
         self.dataset, self.output_dir, self.enabled, self.kwargs = dataset, Path(output_dir), bool(enabled), kwargs
+        self.after = bool(after)
 
     def run(self) -> PoisonCheckResult | None:
         from ..errors import OutputExistsError
@@ -250,9 +258,10 @@ class PoisoningCheck:
         if not self.enabled or int(os.environ.get("RANK", "0")) != 0:
             return None
         out, inp = self.output_dir.resolve(), getattr(self.dataset, "dataset_dir", None)
-        if inp is not None and (out == Path(inp).resolve() or Path(inp).resolve() in out.parents):
+        if not self.after and inp is not None and (out == Path(inp).resolve() or Path(inp).resolve() in out.parents):
             raise OutputExistsError(f"output_dir {out} is inside the input folder {inp}; choose another --output_dir")
-        record, png = out / "poisoning_check.json", out / "poisoning_check.png"
+        stem = "poisoning_check_after" if self.after else "poisoning_check"
+        record, png = out / f"{stem}.json", out / f"{stem}.png"
         key = self._fingerprint()
         old = json.loads(record.read_text()) if record.is_file() else {}
         if old.get("fingerprint") == key and png.is_file():  # a rerun on the same data leaves the files as they are
@@ -261,9 +270,9 @@ class PoisoningCheck:
         else:
             result = check_dataset(self.dataset, **self.kwargs)
             out.mkdir(parents=True, exist_ok=True)
-            plot_check(result, png)
+            plot_check(result, png, title="poisoning check of the purified copy" if self.after else "poisoning check")
             atomic_write_text(record, json.dumps({**asdict(result), "fingerprint": key}, indent=1) + "\n")
-        print(result.summary() + f" (picture: {png})", flush=True)
+        print(result.summary(after=self.after) + f" (picture: {png})", flush=True)
         return result
 
     def _fingerprint(self) -> str:

@@ -1,0 +1,114 @@
+"""D-VAE whose perturbation floor the poisoning check chooses (issue 24, item 2)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+
+from trust_monai.networks.dvae import DVAE
+from trust_monai.purify import AdaptivePurification, PoisoningCheck, dvae_loss
+from trust_monai.purify import adaptive as adaptive_module
+from trust_monai.purify.check import PoisonCheckResult
+
+
+def _best_perturbation(poison: torch.Tensor, floor: float) -> torch.Tensor:
+    """The perturbation the D-VAE objective prefers when the image branch draws the clean image exactly."""
+    clean = torch.full_like(poison, 0.5)
+    p = torch.zeros_like(poison, requires_grad=True)
+    mu = logvar = torch.zeros(1, 1, 2, 2)
+    opt = torch.optim.Adam([p], lr=0.01)
+    for _ in range(1500):
+        opt.zero_grad()
+        # rec = clean: the image branch left the poison out; dvae_loss's rec term then holds the poison's energy
+        loss, _ = dvae_loss(clean + poison, clean, p, mu, logvar, 1.0, 0.0, perturbation_floor=floor)
+        loss.backward()
+        opt.step()
+    return p.detach()
+
+
+def test_floor_below_the_poison_energy_halves_what_the_branch_carries():
+    """Why the floor must follow the poison: above it, the perturbation branch carries only half of a poison."""
+    poison = 0.15 * torch.sign(torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)))  # energy 0.0225
+    tuned = _best_perturbation(poison, floor=0.0005)
+    assert torch.allclose(tuned, poison / 2, atol=0.01)
+    raised = _best_perturbation(poison, floor=0.05)
+    assert torch.allclose(raised, poison, atol=0.01)
+
+
+def _items(n=24, size=8):
+    return [{"image": torch.rand(1, size, size), "label": torch.tensor(i % 3), "path": f"img{i}.png"} for i in range(n)]
+
+
+def _factory():
+    return DVAE(2, 1, 3, channels=(4, 8), latent_channels=2, latent_size=4)
+
+
+def _fake_checks(monkeypatch, scores):
+    """Replace the check by a scripted one (its real behaviour is tested in test_poisoning_check.py); the images it
+    receives are recorded, so the test sees what the rule judged."""
+    seen, queue = [], list(scores)
+
+    def fake(images, labels, **kw):
+        seen.append((images, labels, kw))
+        s = queue.pop(0)
+        return PoisonCheckResult(scores={"linear": 0.9 + s}, thresholds={"linear": 0.9}, poisoned=s >= 0, score=s,
+                                 n=len(labels), num_classes=3, chance=0.34)
+
+    monkeypatch.setattr(adaptive_module, "check_poisoning", fake)
+    return seen
+
+
+def test_stops_at_the_first_floor_whose_output_passes(tmp_path, monkeypatch):
+    seen = _fake_checks(monkeypatch, [0.1, -0.05, 0.0])
+    kw = dict(max_epochs=1, batch_size=8, progress=False, check_kwargs={"seed": 3})
+    paths = AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005, 0.05), **kw).run()
+    assert [p.name for p in paths] == ["dvae_stage1.pt", "dvae_stage2.pt"]
+    assert len(seen) == 2 and not (tmp_path / "floor_0.05").exists()  # the third floor was never trained
+    for k in (1, 2):  # the kept purifier is the second candidate's
+        assert (tmp_path / f"dvae_stage{k}.pt").read_bytes() == (tmp_path / "floor_0.005" / f"dvae_stage{k}.pt").read_bytes()
+    images, labels, ckw = seen[0]
+    assert images.dtype == torch.uint8 and images.shape == (24, 1, 8, 8) and labels.tolist()[:4] == [0, 1, 2, 0]
+    assert ckw == {"seed": 3}
+    record = json.loads((tmp_path / "dvae_adaptive.json").read_text())
+    assert record["kept_floor"] == 0.005 and record["still_poisoned"] is False
+    assert [c["floor"] for c in record["candidates"]] == [0.0005, 0.005]
+
+
+def test_every_floor_flagged_keeps_the_lowest_score_and_says_so(tmp_path, monkeypatch, caplog):
+    _fake_checks(monkeypatch, [0.2, 0.05, 0.1])
+    with caplog.at_level(logging.WARNING, logger="trust_monai.purify"):
+        AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005, 0.05), max_epochs=1, batch_size=8,
+                             progress=False).run()
+    record = json.loads((tmp_path / "dvae_adaptive.json").read_text())
+    assert record["kept_floor"] == 0.005 and record["still_poisoned"] is True
+    assert "stronger than the purifier removes" in caplog.text
+    assert (tmp_path / "dvae_stage1.pt").read_bytes() == (tmp_path / "floor_0.005" / "dvae_stage1.pt").read_bytes()
+
+
+def test_one_floor_and_the_ablations_train_a_single_purifier(tmp_path, monkeypatch):
+    seen = _fake_checks(monkeypatch, [])
+    paths = AdaptivePurification(_items(), _factory, tmp_path / "plain", floors=(0.0005,), max_epochs=1, batch_size=8,
+                                 progress=False).run()
+    assert paths == [tmp_path / "plain" / "dvae_stage1.pt", tmp_path / "plain" / "dvae_stage2.pt"]
+    paths = AdaptivePurification(_items(), _factory, tmp_path / "s1", stages=1, max_epochs=1, batch_size=8,
+                                 progress=False).run()
+    assert paths == [tmp_path / "s1" / "dvae_stage1.pt"] and not seen
+    assert not (tmp_path / "plain" / "dvae_adaptive.json").exists()
+
+
+def test_check_of_the_purified_copy_reports_a_surviving_poison(tmp_path, capsys):
+    """The purify report's second check: a copy that still carries a block code is called out, in its own files."""
+    from trust_monai.data import prepare
+    from trust_monai.data.classification import ImageClassificationDataset
+    from trust_monai.protect import make_poison
+
+    ds = ImageClassificationDataset(prepare("fashion_mnist"), "training", 400, 1, progress=False)
+    p = make_poison("blocks", 10, ds.image_shape, num_samples=len(ds), seed=0, patch_size=7, eps=0.15)
+    with torch.no_grad():
+        ds.images = (p.apply(ds.images.float() / 255, torch.arange(len(ds)), ds.labels) * 255).round().to(torch.uint8)
+    result = PoisoningCheck(ds, tmp_path, after=True, max_images=400).run()
+    assert result.poisoned
+    assert "STILL LOOKS POISONED after purification" in capsys.readouterr().out
+    assert (tmp_path / "poisoning_check_after.png").is_file() and not (tmp_path / "poisoning_check.png").exists()

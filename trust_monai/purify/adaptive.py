@@ -1,0 +1,126 @@
+"""A D-VAE whose perturbation floor is chosen from the received data, with the poisoning check as the judge.
+
+Why the floor decides what D-VAE can remove: above ``perturbation_floor`` the perturbation branch pays its energy
+``mean(p^2)`` one for one, while carrying a poison ``d`` gains at most ``mean(d^2)`` in the reconstruction term; the
+optimum of ``mean((d - p)^2) + mean(p^2)`` is ``p = d / 2``. So a poison whose energy is far above the floor is at
+best halved in stage 1, and a coarse one the rate-limited image branch can draw anyway (a class-wise patch code)
+stays in the image. The bundle's floor (0.0005) suits the 8/255-sized poisons it was tuned on; on a class-wise block
+code of 38/255 (energy 0.016) the two stages left 68% of it and a victim scored 34.5% (29.2% undefended), with the
+floor at 0.05 61.9% (``bundles/dvae_natural/docs/README.md``). A received set is not labelled with its budget, so
+the floor is chosen per set:
+
+Rule (:class:`AdaptivePurification`): train the two stages with the first candidate floor; purify the training
+images in memory, rounded to 8 bits as the writer stores them; run :func:`~trust_monai.purify.check.check_poisoning`
+on the output. If it no longer looks poisoned, keep that purifier and stop. Otherwise train with the next (larger)
+floor. In the end keep the candidate whose output scored lowest (the check's ``score``: the largest margin of a
+probe over its threshold), copy its checkpoints to where inference reads them, and record every candidate in
+``ckpt_dir/dvae_adaptive.json``. If even the kept output is flagged, say so: the poison is stronger than this
+purifier removes, and a victim trained on the output will learn some of it.
+
+A set whose first purification passes the check costs one in-memory purification and a check (seconds) more than
+the plain D-VAE.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..utils.fileio import atomic_path, atomic_write_text
+from .check import check_poisoning
+from .dvae import DVAEPurifier, TwoStagePurification
+
+__all__ = ["AdaptivePurification", "DEFAULT_FLOORS"]
+
+logger = logging.getLogger("trust_monai.purify")
+
+DEFAULT_FLOORS = (0.0005, 0.005, 0.05)  # the tuned floor, then 10x steps up to about a 57/255 block code's energy
+
+
+class AdaptivePurification:
+    """Train two-stage D-VAEs at increasing perturbation floors until the poisoning check passes their output.
+
+    Args:
+        dataset: training items ``{"image", "label"}`` with image-level integer labels (the check needs classes).
+        network_factory: as :class:`~trust_monai.purify.dvae.TwoStagePurification`.
+        ckpt_dir: the kept purifier goes to ``ckpt_dir/dvae_stage1.pt`` / ``dvae_stage2.pt``; each candidate
+            trains in ``ckpt_dir/floor_<f>/`` (a rerun reuses finished candidates).
+        floors: candidate floors, tried in this order; one floor is the plain D-VAE.
+        stages, prefix: as :class:`TwoStagePurification`; the ablations (``stages=1``, ``prefix="vae"``) train one
+            purifier at the first floor, as does a single floor.
+        check_kwargs: passed to :func:`check_poisoning` (``thresholds``, ``max_images``, ``seed``).
+        batch_size: for the in-memory purification.
+        kwargs: the rest of :class:`TwoStagePurification`'s arguments (``max_epochs``, ``rate_targets``, ...).
+    """
+
+    def __init__(self, dataset: Dataset, network_factory: Callable[[], nn.Module], ckpt_dir: str | os.PathLike,
+                 floors: Sequence[float] = DEFAULT_FLOORS, check_kwargs: dict | None = None, batch_size: int = 128,
+                 **kwargs):
+        if not floors:
+            raise ValueError("floors: give at least one perturbation floor")
+        self.dataset, self.network_factory, self.ckpt_dir = dataset, network_factory, Path(ckpt_dir)
+        self.floors = [float(f) for f in floors]
+        self.check_kwargs, self.batch_size, self.kwargs = dict(check_kwargs or {}), int(batch_size), kwargs
+        self.kwargs.pop("perturbation_floor", None)
+        self.stages, self.prefix = int(self.kwargs.pop("stages", 2)), self.kwargs.pop("prefix", "dvae")
+        self.candidates: list[dict] = []
+
+    def run(self) -> list[Path]:
+        """Train the candidates as the rule says; return the kept purifier's checkpoint paths."""
+        self.candidates = []
+        if len(self.floors) == 1 or self.stages != 2 or self.prefix != "dvae":
+            # the plain D-VAE, and the ablations (stage 1 alone, the plain VAE): one purifier at the first floor
+            return TwoStagePurification(self.dataset, self.network_factory, self.ckpt_dir, stages=self.stages,
+                                        prefix=self.prefix, batch_size=self.batch_size,
+                                        perturbation_floor=self.floors[0], **self.kwargs).run()
+        for floor in self.floors:
+            paths = TwoStagePurification(self.dataset, self.network_factory, self.ckpt_dir / f"floor_{floor:g}",
+                                         stages=2, batch_size=self.batch_size, perturbation_floor=floor,
+                                         **self.kwargs).run()
+            images, labels = self._purified(paths)
+            result = check_poisoning(images, labels, **self.check_kwargs)
+            self.candidates.append({"floor": floor, "checkpoints": [str(p) for p in paths], "poisoned": result.poisoned,
+                                    "score": result.score, "scores": result.scores})
+            logger.info(f"perturbation floor {floor:g}: the output "
+                        f"{'still looks poisoned to' if result.poisoned else 'passes'} the poisoning check ({', '.join(f'{k} {v:.3f}' for k, v in result.scores.items())})")
+            if not result.poisoned:
+                break
+        from ..utils.dist import barrier, rank_world
+
+        best = min(self.candidates, key=lambda c: c["score"])
+        kept = [self.ckpt_dir / f"dvae_stage{k}.pt" for k in (1, 2)]
+        if rank_world()[0] == 0:  # every rank chose the same candidate (same data, same check); one writes
+            for src, dst in zip(best["checkpoints"], kept):
+                with atomic_path(dst) as tmp:
+                    shutil.copyfile(src, tmp)
+            record = {"rule": "smallest floor whose output passes the poisoning check, else the lowest check score",
+                      "kept_floor": best["floor"], "still_poisoned": best["poisoned"], "candidates": self.candidates}
+            atomic_write_text(self.ckpt_dir / "dvae_adaptive.json", json.dumps(record, indent=1) + "\n")
+        barrier()
+        if best["poisoned"]:
+            logger.warning(f"the purified set still looks poisoned at every floor tried ({', '.join(map(str, self.floors))}); "
+                           f"kept floor {best['floor']:g} (lowest check score {best['score']:+.3f}): this poison is "
+                           "stronger than the purifier removes, and a model trained on the output may learn part of it")
+        else:
+            logger.info(f"kept perturbation floor {best['floor']:g}: its output passes the poisoning check")
+        return kept
+
+    @torch.no_grad()
+    def _purified(self, paths: Sequence[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training images through the two stages, as 8-bit values (what the written PNGs will hold)."""
+        device = torch.device(self.kwargs.get("device", "cpu"))
+        purifier = DVAEPurifier(self.network_factory, paths).load().to(device)
+        out, labels = [], []
+        for batch in DataLoader(self.dataset, batch_size=self.batch_size * 2, shuffle=False):
+            x, y = batch["image"].float().to(device), batch["label"].to(device)
+            out.append(purifier.apply(x, y=y).mul(255).round().to(torch.uint8).cpu())
+            labels.append(torch.as_tensor(batch["label"]).reshape(-1).cpu())
+        return torch.cat(out), torch.cat(labels)
