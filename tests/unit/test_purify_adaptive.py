@@ -76,15 +76,15 @@ def test_stops_at_the_first_floor_whose_output_passes(tmp_path, monkeypatch):
     assert [c["floor"] for c in record["candidates"]] == [0.0005, 0.005]
 
 
-def test_every_floor_flagged_keeps_the_lowest_score_and_says_so(tmp_path, monkeypatch, caplog):
-    _fake_checks(monkeypatch, [0.2, 0.05, 0.1])
+def test_every_floor_flagged_keeps_the_largest_and_says_so(tmp_path, monkeypatch, caplog):
+    _fake_checks(monkeypatch, [0.2, 0.05, 0.1])  # the scores do not rank failing candidates
     with caplog.at_level(logging.WARNING, logger="trust_monai.purify"):
         AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005, 0.05), max_epochs=1, batch_size=8,
                              progress=False).run()
     record = json.loads((tmp_path / "dvae_adaptive.json").read_text())
-    assert record["kept_floor"] == 0.005 and record["still_poisoned"] is True
+    assert record["kept_floor"] == 0.05 and record["still_poisoned"] is True and len(record["candidates"]) == 3
     assert "stronger than the purifier removes" in caplog.text
-    assert (tmp_path / "dvae_stage1.pt").read_bytes() == (tmp_path / "floor_0.005" / "dvae_stage1.pt").read_bytes()
+    assert (tmp_path / "dvae_stage1.pt").read_bytes() == (tmp_path / "floor_0.05" / "dvae_stage1.pt").read_bytes()
 
 
 def test_one_floor_and_the_ablations_train_a_single_purifier(tmp_path, monkeypatch):
