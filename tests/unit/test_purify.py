@@ -298,6 +298,32 @@ def test_purify_matrix_table_over_victim_seeds(tmp_path):
     assert (tmp_path / "matrix.png").stat().st_size > 0
 
 
+def test_purify_matrix_budget_sweep_rows_and_plot(tmp_path):
+    """A budget-sweep grid (attacks labelled with family and strength): the table keeps one row per strength in the
+    grid's order and sweep.png is drawn; a grid without labels draws no sweep picture."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("purify_matrix", root / "scripts" / "purify_matrix.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    grid = json.loads((root / "configs" / "grids" / "purify_sweep.json").read_text())
+    assert {"blocks@4", "blocks@32", "em_classwise@16", "lsp@4x", "ar@2x"} <= set(grid["attacks"])
+    assert grid["attacks"]["blocks@16"]["epsilon"] == round(16 / 255, 6)
+    rows = [{"attack": a, "defence": d, "clean_test_acc": acc, "victim_seed": "0"} for a, d, acc in [
+        ("none", "none", "0.85"), ("blocks@16", "none", "0.27"), ("blocks@8", "dvae", "0.80"),
+        ("blocks@16", "dvae", "0.60"), ("blocks@8", "none", "0.40")]]
+    mod._write(rows, tmp_path, grid)
+    md = (tmp_path / "matrix.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in md[2:5]] == ["| none", "| blocks@8", "| blocks@16"]
+    assert "| blocks@16 | 27.00 | 60.00 |" in md
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+    mod._write(rows[:2], tmp_path / "plain", {"attacks": {"none": {}, "blocks@16": {}}, "defences": {"none": {}}})
+    assert not (tmp_path / "plain" / "sweep.png").exists()
+
+
 def test_purify_drive_colour_photograph_in_its_own_orientation(tmp_path):
     """A DRIVE photograph (RGB TIFF, 584 x 565) with its PNG mask through the D-VAE case processor: the purifier sees
     the grey luminance in MONAI's axis order, and its change comes back into R, G and B alike, on the mask's pixels in
