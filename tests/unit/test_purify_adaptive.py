@@ -53,8 +53,9 @@ def _fake_checks(monkeypatch, scores):
     def fake(images, labels, **kw):
         seen.append((images, labels, kw))
         s = queue.pop(0)
+        # n as the check probes a real set (3000 images): two binomial standard errors at 0.9 are 0.0155
         return PoisonCheckResult(scores={"linear": 0.9 + s}, thresholds={"linear": 0.9}, poisoned=s >= 0, score=s,
-                                 n=len(labels), num_classes=3, chance=0.34)
+                                 n=3000, num_classes=3, chance=0.34)
 
     monkeypatch.setattr(adaptive_module, "check_poisoning", fake)
     return seen
@@ -112,3 +113,15 @@ def test_check_of_the_purified_copy_reports_a_surviving_poison(tmp_path, capsys)
     assert result.poisoned
     assert "STILL LOOKS POISONED after purification" in capsys.readouterr().out
     assert (tmp_path / "poisoning_check_after.png").is_file() and not (tmp_path / "poisoning_check.png").exists()
+
+
+def test_a_copy_flagged_only_within_the_checks_noise_stops_the_search(tmp_path, monkeypatch, caplog):
+    """Flagged by 0.01 (under two standard errors, 0.0155): the first floor is kept and no larger one is trained."""
+    seen = _fake_checks(monkeypatch, [0.01, -0.1, -0.1])
+    with caplog.at_level(logging.WARNING, logger="trust_monai.purify"):
+        AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005, 0.05), max_epochs=1, batch_size=8,
+                             progress=False).run()
+    record = json.loads((tmp_path / "dvae_adaptive.json").read_text())
+    assert len(seen) == 1 and record["kept_floor"] == 0.0005 and not (tmp_path / "floor_0.005").exists()
+    assert record["candidates"][0]["poisoned"] is True and record["candidates"][0]["clearly_poisoned"] is False
+    assert "within the check's own noise" in caplog.text

@@ -11,13 +11,16 @@ the floor is chosen per set:
 
 Rule (:class:`AdaptivePurification`): train the two stages with the first candidate floor; purify the training
 images in memory, rounded to 8 bits as the writer stores them; run :func:`~trust_monai.purify.check.check_poisoning`
-on the output. If it no longer looks poisoned, keep that purifier and stop. Otherwise train with the next (larger)
-floor. If no floor's output passes, keep the largest floor's: on the 38/255 block code a victim gained with every
-step up (34.5%, 47.2%, 61.9% at floors 0.0005, 0.005, 0.05), while the check's scores of the three outputs differed
-by less than their own noise (its best was the 0.005 output), so they are not used to rank candidates that all
-fail. The kept checkpoints are copied to where inference reads them, and every candidate is recorded in
-``ckpt_dir/dvae_adaptive.json``. If the kept output is flagged, the log says so: the poison is stronger than this
-purifier removes, and a victim trained on the output may learn part of it.
+on the output. If no probe is *clearly* above its threshold (by more than two binomial standard errors of its
+held-out accuracy: about 0.02 at 1500 held-out images), keep that purifier and stop; otherwise train with the next
+(larger) floor. If every floor's copy is clearly flagged, keep the largest floor. Measured on two block codes
+(``bundles/dvae_natural/docs/README.md``): at 16/255 the first copy was flagged by 0.007 only, and victims did worse
+at larger floors (79.3%, 75.0%, 72.4% at 0.0005, 0.005, 0.05); at 38/255 every copy was flagged by 0.14-0.18 and
+victims did better at every step (34.5%, 47.2%, 61.9%), while the check's scores of those failing copies ranked 0.005
+first, so they do not choose among clear failures. The tolerance was set after seeing these two cases; the budget
+sweep tests it on the others. The kept checkpoints are copied to where inference reads them, and every candidate is
+recorded in ``ckpt_dir/dvae_adaptive.json``. If the kept copy is flagged, the log says so (and inference's check of
+the written copy prints it): the poison may be stronger than this purifier removes.
 
 A set whose first purification passes the check costs one in-memory purification and a check (seconds) more than
 the plain D-VAE.
@@ -93,25 +96,30 @@ class AdaptivePurification:
                                     "score": result.score, "scores": result.scores})
             logger.info(f"perturbation floor {floor:g}: the output "
                         f"{'still looks poisoned to' if result.poisoned else 'passes'} the poisoning check ({', '.join(f'{k} {v:.3f}' for k, v in result.scores.items())})")
-            if not result.poisoned:
+            self.candidates[-1]["clearly_poisoned"] = clearly = _clearly_flagged(result)
+            if not clearly:
                 break
         from ..utils.dist import barrier, rank_world
 
-        passed = [c for c in self.candidates if not c["poisoned"]]
-        best = passed[0] if passed else self.candidates[-1]
+        best = self.candidates[-1]  # the first not clearly flagged (the loop stopped there), else the largest floor
         kept = [self.ckpt_dir / f"dvae_stage{k}.pt" for k in (1, 2)]
         if rank_world()[0] == 0:  # every rank chose the same candidate (same data, same check); one writes
             for src, dst in zip(best["checkpoints"], kept):
                 with atomic_path(dst) as tmp:
                     shutil.copyfile(src, tmp)
-            record = {"rule": "smallest floor whose output passes the poisoning check, else the largest floor tried",
+            record = {"rule": "smallest floor whose output is not clearly flagged by the poisoning check (no probe more "
+                              "than 2 binomial standard errors above its threshold), else the largest floor tried",
                       "kept_floor": best["floor"], "still_poisoned": best["poisoned"], "candidates": self.candidates}
             atomic_write_text(self.ckpt_dir / "dvae_adaptive.json", json.dumps(record, indent=1) + "\n")
         barrier()
-        if best["poisoned"]:
+        if best["clearly_poisoned"]:
             logger.warning(f"the purified set still looks poisoned at every floor tried ({', '.join(map(str, self.floors))}); "
                            f"kept the largest, {best['floor']:g} (check score {best['score']:+.3f}): this poison is "
                            "stronger than the purifier removes, and a model trained on the output may learn part of it")
+        elif best["poisoned"]:
+            logger.warning(f"kept perturbation floor {best['floor']:g}: its output is flagged by the poisoning check, "
+                           f"but only within the check's own noise (score {best['score']:+.3f}); larger floors are not "
+                           "tried then (they cost a victim accuracy on such sets)")
         else:
             logger.info(f"kept perturbation floor {best['floor']:g}: its output passes the poisoning check")
         return kept
@@ -127,3 +135,13 @@ class AdaptivePurification:
             out.append(purifier.apply(x, y=y).mul(255).round().to(torch.uint8).cpu())
             labels.append(torch.as_tensor(batch["label"]).reshape(-1).cpu())
         return torch.cat(out), torch.cat(labels)
+
+
+def _clearly_flagged(result) -> bool:
+    """Some probe's held-out accuracy exceeds its threshold by more than two binomial standard errors (the held-out
+    half of the probed images)."""
+    import math
+
+    held = max(result.n // 2, 1)
+    return any(v - t > 2 * math.sqrt(t * (1 - t) / held)
+               for v, t in ((result.scores[k], result.thresholds[k]) for k in result.scores))
