@@ -64,7 +64,7 @@ def _fake_checks(monkeypatch, scores):
 def test_stops_at_the_first_floor_whose_output_passes(tmp_path, monkeypatch):
     seen = _fake_checks(monkeypatch, [0.1, -0.05, 0.0])
     kw = dict(max_epochs=1, batch_size=8, progress=False, check_kwargs={"seed": 3})
-    paths = AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005, 0.05), **kw).run()
+    paths = AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005, 0.05), min_images=0, **kw).run()
     assert [p.name for p in paths] == ["dvae_stage1.pt", "dvae_stage2.pt"]
     assert len(seen) == 2 and not (tmp_path / "floor_0.05").exists()  # the third floor was never trained
     for k in (1, 2):  # the kept purifier is the second candidate's
@@ -80,7 +80,7 @@ def test_stops_at_the_first_floor_whose_output_passes(tmp_path, monkeypatch):
 def test_every_floor_flagged_keeps_the_largest_and_says_so(tmp_path, monkeypatch, caplog):
     _fake_checks(monkeypatch, [0.2, 0.05, 0.1])  # the scores do not rank failing candidates
     with caplog.at_level(logging.WARNING, logger="trust_monai.purify"):
-        AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005, 0.05), max_epochs=1, batch_size=8,
+        AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005, 0.05), min_images=0, max_epochs=1, batch_size=8,
                              progress=False).run()
     record = json.loads((tmp_path / "dvae_adaptive.json").read_text())
     assert record["kept_floor"] == 0.05 and record["still_poisoned"] is True and len(record["candidates"]) == 3
@@ -97,6 +97,9 @@ def test_one_floor_and_the_ablations_train_a_single_purifier(tmp_path, monkeypat
                                  progress=False).run()
     assert paths == [tmp_path / "s1" / "dvae_stage1.pt"] and not seen
     assert not (tmp_path / "plain" / "dvae_adaptive.json").exists()
+    # fewer images than the check was calibrated on (default min_images 2000): the first floor, no check
+    paths = AdaptivePurification(_items(), _factory, tmp_path / "small", max_epochs=1, batch_size=8, progress=False).run()
+    assert paths == [tmp_path / "small" / "dvae_stage1.pt", tmp_path / "small" / "dvae_stage2.pt"] and not seen
 
 
 def test_check_of_the_purified_copy_reports_a_surviving_poison(tmp_path, capsys):
@@ -119,7 +122,7 @@ def test_a_copy_flagged_only_within_the_checks_noise_stops_the_search(tmp_path, 
     """Flagged by 0.01 (under two standard errors, 0.0155): the first floor is kept and no larger one is trained."""
     seen = _fake_checks(monkeypatch, [0.01, -0.1, -0.1])
     with caplog.at_level(logging.WARNING, logger="trust_monai.purify"):
-        AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005, 0.05), max_epochs=1, batch_size=8,
+        AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005, 0.05), min_images=0, max_epochs=1, batch_size=8,
                              progress=False).run()
     record = json.loads((tmp_path / "dvae_adaptive.json").read_text())
     assert len(seen) == 1 and record["kept_floor"] == 0.0005 and not (tmp_path / "floor_0.005").exists()

@@ -63,17 +63,20 @@ class AdaptivePurification:
             purifier at the first floor, as does a single floor.
         check_kwargs: passed to :func:`check_poisoning` (``thresholds``, ``max_images``, ``seed``).
         batch_size: for the in-memory purification.
+        min_images: a smaller training set gets the plain D-VAE at the first floor: the check's thresholds were set
+            on 2000-3000 images, and on a few dozen a barely trained purifier's copy reads as class-separable.
         kwargs: the rest of :class:`TwoStagePurification`'s arguments (``max_epochs``, ``rate_targets``, ...).
     """
 
     def __init__(self, dataset: Dataset, network_factory: Callable[[], nn.Module], ckpt_dir: str | os.PathLike,
                  floors: Sequence[float] = DEFAULT_FLOORS, check_kwargs: dict | None = None, batch_size: int = 128,
-                 **kwargs):
+                 min_images: int = 2000, **kwargs):
         if not floors:
             raise ValueError("floors: give at least one perturbation floor")
         self.dataset, self.network_factory, self.ckpt_dir = dataset, network_factory, Path(ckpt_dir)
         self.floors = [float(f) for f in floors]
         self.check_kwargs, self.batch_size, self.kwargs = dict(check_kwargs or {}), int(batch_size), kwargs
+        self.min_images = int(min_images)
         self.kwargs.pop("perturbation_floor", None)
         self.stages, self.prefix = int(self.kwargs.pop("stages", 2)), self.kwargs.pop("prefix", "dvae")
         self.candidates: list[dict] = []
@@ -81,7 +84,11 @@ class AdaptivePurification:
     def run(self) -> list[Path]:
         """Train the candidates as the rule says; return the kept purifier's checkpoint paths."""
         self.candidates = []
-        if len(self.floors) == 1 or self.stages != 2 or self.prefix != "dvae":
+        small = len(self.dataset) < self.min_images
+        if small and len(self.floors) > 1 and self.stages == 2 and self.prefix == "dvae":
+            logger.info(f"{len(self.dataset)} training images, fewer than the {self.min_images} the poisoning check's "
+                        f"thresholds were set at: no floor is chosen from the data, the first ({self.floors[0]:g}) is used")
+        if small or len(self.floors) == 1 or self.stages != 2 or self.prefix != "dvae":
             # the plain D-VAE, and the ablations (stage 1 alone, the plain VAE): one purifier at the first floor
             return TwoStagePurification(self.dataset, self.network_factory, self.ckpt_dir, stages=self.stages,
                                         prefix=self.prefix, batch_size=self.batch_size,
