@@ -69,8 +69,6 @@ def _write(rows: list[dict], work: Path, grid: dict) -> None:
     """Table and heatmap of every cell measured so far (in the grid's order), not only this run's subset."""
     from trust_monai.utils.fileio import atomic_path, atomic_write_text
 
-    grid_spec = grid
-
     attacks = [a for a in grid["attacks"] if any(r["attack"] == a for r in rows)]
     defences = [d for d in grid["defences"] if any(r["defence"] == d for r in rows)]
 
@@ -100,18 +98,18 @@ def _write(rows: list[dict], work: Path, grid: dict) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    grid = np.full((len(attacks), len(defences)), np.nan)
+    heat = np.full((len(attacks), len(defences)), np.nan)
     for i, a in enumerate(attacks):
         for j, d in enumerate(defences):
-            grid[i, j] = acc.get((a, d), np.nan)
+            heat[i, j] = acc.get((a, d), np.nan)
     fig, ax = plt.subplots(figsize=(1.4 * len(defences) + 2, 0.8 * len(attacks) + 1.5))
-    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100)
+    im = ax.imshow(heat, cmap="viridis", vmin=0, vmax=100)
     ax.set_xticks(range(len(defences)), defences, rotation=30, ha="right")
     ax.set_yticks(range(len(attacks)), attacks)
     for i in range(len(attacks)):
         for j in range(len(defences)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="w" if grid[i, j] < 60 else "k")
+            if not np.isnan(heat[i, j]):
+                ax.text(j, i, f"{heat[i, j]:.1f}", ha="center", va="center", color="w" if heat[i, j] < 60 else "k")
     ax.set_xlabel("defence")
     ax.set_ylabel("attack")
     fig.colorbar(im, ax=ax, label="victim clean test accuracy (%)")
@@ -120,7 +118,7 @@ def _write(rows: list[dict], work: Path, grid: dict) -> None:
     with atomic_path(work / "matrix.png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    _plot_sweep(acc, attacks, defences, grid_spec, work)
+    _plot_sweep(acc, attacks, defences, grid, work)
 
 
 def _plot_sweep(acc: dict, attacks: list, defences: list, grid: dict, work: Path) -> None:

@@ -99,11 +99,11 @@ class AdaptivePurification:
                                          **self.kwargs).run()
             images, labels = self._purified(paths)
             result = check_poisoning(images, labels, **self.check_kwargs)
+            clearly = _clearly_flagged(result)
             self.candidates.append({"floor": floor, "checkpoints": [str(p) for p in paths], "poisoned": result.poisoned,
-                                    "score": result.score, "scores": result.scores})
+                                    "clearly_poisoned": clearly, "score": result.score, "scores": result.scores})
             logger.info(f"perturbation floor {floor:g}: the output "
                         f"{'still looks poisoned to' if result.poisoned else 'passes'} the poisoning check ({', '.join(f'{k} {v:.3f}' for k, v in result.scores.items())})")
-            self.candidates[-1]["clearly_poisoned"] = clearly = _clearly_flagged(result)
             if not clearly:
                 break
         from ..utils.dist import barrier, rank_world
