@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..bundle import as_bool
 from ..errors import DatalistError, InputFileError
 
 __all__ = ["ForgeryDataset", "select_kinds", "slices_with_context", "paired_collate"]
@@ -94,7 +95,8 @@ class ForgeryDataset(torch.utils.data.Dataset):
         from .data import synthesis_transform
 
         self.dataset_dir = Path(dataset_dir).resolve()
-        self.context, self.paired = int(context), bool(paired)
+        unroll, augment, resynthesize, paired = as_bool(unroll), as_bool(augment), as_bool(resynthesize), as_bool(paired)
+        self.context, self.paired = int(context), paired
         sections = [section] if isinstance(section, str) else list(section)
         want_doc = len(sections) > 1 or resynthesize or paired
         doc = json.loads((self.dataset_dir / "dataset.json").read_text()) if want_doc and (

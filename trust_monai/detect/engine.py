@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..bundle import as_bool
 from ..errors import InputFileError
 from ..utils.checkpoint import load_state_dict
 from ..utils.fileio import atomic_write_json, atomic_write_text, sha256_file
@@ -108,7 +109,7 @@ class DetectionInference:
         self.context = int(context)
         self.output_dir, self.device = Path(output_dir), torch.device(device)
         self.batch_size, self.aggregate, self.topk = int(batch_size), aggregate, int(topk)
-        self.threshold, self.heatmaps, self.progress = float(threshold), int(heatmaps), progress
+        self.threshold, self.heatmaps, self.progress = float(threshold), int(heatmaps), as_bool(progress)
 
     # ------------------------------------------------------------------------------------------------ scoring
     def score(self) -> list[dict]:

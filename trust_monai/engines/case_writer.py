@@ -16,6 +16,7 @@ import torch
 from monai.engines import Workflow
 from ignite.engine import Events
 
+from ..bundle import as_bool
 from ..data.datalist import check_readable, load_datalist
 from ..data.io import PICTURE_FORMATS, detect_format, read_image, write_image
 from ..errors import CaseError, CasesFailed, InputFileError
@@ -125,9 +126,9 @@ class CaseWriter(Workflow):
         self.all_cases = cases
         cases = cases[self.rank::self.world]
         self.cases, self.keys, self.image_key = cases, keys, image_key
-        self.processor, self.derivation, self.progress = processor, derivation, progress
-        self.deidentify = bool(deidentify)
-        self.bundle, self.config, self.seed, self.overwrite = bundle, config, seed, overwrite
+        self.processor, self.derivation, self.progress = processor, derivation, as_bool(progress)
+        self.deidentify = as_bool(deidentify)
+        self.bundle, self.config, self.seed, self.overwrite = bundle, config, seed, as_bool(overwrite)
         self.manifest: Manifest | None = None
         super().__init__(
             device=device,

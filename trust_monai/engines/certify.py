@@ -29,6 +29,7 @@ from monai.engines import SupervisedTrainer
 from monai.utils import CommonKeys as Keys
 from torch import nn
 
+from ..bundle import as_bool
 from ..errors import TrustMonaiError
 from ..networks.half_input import HalfInput
 from ..transforms.dual_split import dual_split
@@ -188,7 +189,7 @@ class _SmoothingRun:
         for m in self.methods:
             if m not in ("rs", "drs"):
                 raise TrustMonaiError(f"unknown method {m!r}; use 'rs' and/or 'drs'")
-        self.equal_budget = bool(equal_budget)
+        self.equal_budget = as_bool(equal_budget)
 
     def smoother(self, method: str):
         """The seeded smoother of ``method`` over the loaded base models."""

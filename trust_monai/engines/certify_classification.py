@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from monai.utils import CommonKeys as Keys
 
+from ..bundle import as_bool
 from ..certify import ABSTAIN, DualSmooth, Smooth
 from ..utils.checkpoint import load_state_dict
 from ..utils.fileio import atomic_path, atomic_write_text
@@ -74,7 +75,8 @@ class CertifyClassification(_SmoothingRun):
         self._set_sampling(sigma, sigma_l, sigma_r, n0, n, alpha, batch_size, methods, equal_budget)
         self.max_samples, self.skip = int(max_samples), max(1, int(skip))
         self.radii, self.section = [float(r) for r in radii], section
-        self.in_channels, self.device, self.seed, self.progress = in_channels, torch.device(device), int(seed), progress
+        self.in_channels, self.device, self.seed = in_channels, torch.device(device), int(seed)
+        self.progress = as_bool(progress)
         self.mode, self.radius, self.tolerance = str(mode), radius, float(tolerance)
         _check_settings(self)
 

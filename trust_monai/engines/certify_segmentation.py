@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..bundle import as_bool
 from ..certify import ABSTAIN, DualSegmentationSmooth, SegmentationSmooth, certified_metrics
 from ..utils.checkpoint import load_state_dict
 from ..utils.fileio import atomic_path, atomic_write_text
@@ -60,7 +61,8 @@ class CertifySegmentation(_SmoothingRun):
         self._set_sampling(sigma, sigma_l, sigma_r, n0, n, alpha, batch_size, methods, equal_budget)
         self.tau, self.max_cases = float(tau), int(max_cases or 0)
         self.divisible, self.section = int(divisible), section
-        self.device, self.seed, self.overwrite, self.progress = torch.device(device), int(seed), overwrite, progress
+        self.device, self.seed = torch.device(device), int(seed)
+        self.overwrite, self.progress = as_bool(overwrite), as_bool(progress)
         _check_settings(self)
 
     def _entries(self) -> list[dict]:

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..bundle import as_bool
 from ..utils.fileio import atomic_path, atomic_write_text
 
 __all__ = ["victim_network", "train_segmenter", "score_segmenter", "subject_dice", "VictimStudy"]
@@ -212,7 +213,7 @@ class VictimStudy:
         self.clean_dir, self.changed_dir, self.output_dir = Path(clean_dir), Path(changed_dir), Path(output_dir)
         self.spatial_dims, self.num_classes, self.archs = spatial_dims, num_classes, list(archs)
         self.epochs, self.patch_size, self.batch_size, self.lr = epochs, patch_size, batch_size, lr
-        self.max_cases, self.device, self.label, self.progress = max_cases, device, label, progress
+        self.max_cases, self.device, self.label, self.progress = max_cases, device, label, as_bool(progress)
         self.seeds = [int(seed)] if seeds is None else [int(s) for s in seeds]
         self.eval_every = int(eval_every)
         self.train_on = ["clean", label] if train_on is None else list(train_on)

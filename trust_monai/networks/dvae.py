@@ -8,6 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
 
+from ..bundle import as_bool
+
 __all__ = ["DVAE"]
 
 
@@ -100,6 +102,8 @@ class DVAE(nn.Module):
         self.to_logvar = conv(channels[-1], latent_channels, 1)
         self.from_latent = conv(latent_channels, channels[-1], 1)
         self.decoder = _Decoder(spatial_dims, in_channels, channels, sigmoid=True)
+        if isinstance(samplewise_perturbation, str) and samplewise_perturbation.lower() in ("true", "false"):
+            samplewise_perturbation = as_bool(samplewise_perturbation)  # as typed on the command line
         if samplewise_perturbation not in (True, False, "latent"):
             raise ValueError(f"samplewise_perturbation must be true, false or 'latent', got {samplewise_perturbation!r}")
         self.has_perturbation = bool(perturbation)

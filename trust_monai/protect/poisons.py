@@ -29,6 +29,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..bundle import as_bool
+
 __all__ = [
     "CIFAR_DIM",
     "AR_PAPER_MAX_RMS",
@@ -299,7 +301,7 @@ class AutoregressivePoison(nn.Module):
         self.num_classes, self.image_shape = int(num_classes), tuple(int(s) for s in image_shape)
         self.eps = float(ar_budget(self.image_shape) if eps is None else eps)
         self.window, self.seed, self.samplewise = int(window), int(seed), bool(samplewise)
-        self.candidates, self.fill_clipped = int(candidates), bool(fill_clipped)
+        self.candidates, self.fill_clipped = int(candidates), as_bool(fill_clipped)
         self.crop, self.max_rms = int(crop), (None if max_rms is None else float(max_rms))
         n_off = len(_causal_offsets(self.window, len(self.image_shape) - 1))
         if coefficients is not None:

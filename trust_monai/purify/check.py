@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..bundle import as_bool
 from ..errors import DatalistError
 
 __all__ = [
@@ -248,8 +249,8 @@ class PoisoningCheck:
     """
 
     def __init__(self, dataset, output_dir: str | os.PathLike, enabled: bool = True, after: bool = False, **kwargs):
-        self.dataset, self.output_dir, self.enabled, self.kwargs = dataset, Path(output_dir), bool(enabled), kwargs
-        self.after = bool(after)
+        self.dataset, self.output_dir, self.enabled, self.kwargs = dataset, Path(output_dir), as_bool(enabled), kwargs
+        self.after = as_bool(after)
 
     def run(self) -> PoisonCheckResult | None:
         from ..errors import OutputExistsError

@@ -23,6 +23,7 @@ from monai.utils import CommonKeys as Keys
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..bundle import as_bool
 from ..errors import BundleError, DatalistError
 from ..utils.checkpoint import load_state_dict, save_state_dict
 from ..utils.fileio import atomic_write_text, sha256_file
@@ -107,7 +108,7 @@ class DVAETrainer(SupervisedTrainer):
         )
         self.rate_target, self.rate_weight = float(rate_target), float(rate_weight)
         self.perturbation_floor, self.warmup_epochs, self.grad_clip = float(perturbation_floor), int(warmup_epochs), grad_clip
-        self.distributed = bool(distributed)
+        self.distributed = as_bool(distributed)
         self.parts: dict[str, float] = {}
 
     def _iteration(self, engine, batchdata: dict) -> dict:
@@ -251,8 +252,9 @@ class TwoStagePurification:
         self.rate_targets, self.rate_weights = [float(r) for r in rate_targets], [float(w) for w in rate_weights]
         self.perturbation_floor, self.prefix = float(perturbation_floor), prefix
         self.warmup_epochs = min(int(warmup_epochs), self.epochs // 2)
-        self.device, self.num_workers, self.seed, self.progress = torch.device(device), int(num_workers), int(seed), progress
-        self.distributed = distributed
+        self.device, self.num_workers, self.seed = torch.device(device), int(num_workers), int(seed)
+        self.progress = as_bool(progress)
+        self.distributed = None if distributed is None else as_bool(distributed)
         self.rank, self.world = 0, 1
 
     def checkpoint(self, stage: int) -> Path:
