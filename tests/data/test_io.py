@@ -18,7 +18,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from trust_monai.data import io as tio
+from trust_monai.data import io_dicom as tio_dicom
 from trust_monai.data.io import ImageMeta, detect_format, probe_image, read_image, to_metatensor, write_image
 from trust_monai.errors import ArgumentError, InputFileError, OutputExistsError
 
@@ -533,7 +533,7 @@ def test_interrupted_write_leaves_nothing(sample, tmp_path, monkeypatch):
 
         monkeypatch.setattr(nrrd, "write", failing)
     else:
-        real = tio._save_dicom
+        real = tio_dicom._save_dicom
         calls = []
 
         def failing(ds, path):
@@ -542,7 +542,7 @@ def test_interrupted_write_leaves_nothing(sample, tmp_path, monkeypatch):
                 raise Boom
             real(ds, path)
 
-        monkeypatch.setattr(tio, "_save_dicom", failing)
+        monkeypatch.setattr(tio_dicom, "_save_dicom", failing)
 
     with pytest.raises(Boom):
         write_image(arr, meta, out)

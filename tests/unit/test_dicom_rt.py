@@ -51,7 +51,7 @@ def test_fill_polygon(_, polygons, shape, expected):
 
 def _grid(folder: Path):
     from trust_monai.data.dicom_rt import series_grid
-    from trust_monai.data.io import _series_headers
+    from trust_monai.data.io_dicom import _series_headers
 
     return series_grid(_series_headers(folder), folder)
 

@@ -94,7 +94,7 @@ def series_grid(items: Sequence[tuple[Path, Any]], source: Path) -> SeriesGrid:
     Raises:
         InputFileError: the slices do not form a regular grid (missing slice, mixed sizes ...), naming the file.
     """
-    from .io import _sort_and_geometry  # the one place that knows how a series is sorted and placed
+    from .io_dicom import _sort_and_geometry  # the one place that knows how a series is sorted and placed
 
     items, affine = _sort_and_geometry(list(items), Path(source))
     h0 = items[0][1]
@@ -103,7 +103,7 @@ def series_grid(items: Sequence[tuple[Path, Any]], source: Path) -> SeriesGrid:
 
 
 def _read(path: Path):
-    from .io import _dcmread
+    from .io_dicom import _dcmread
 
     ds = _dcmread(Path(path), headers_only=False)
     if str(ds.get("SOPClassUID", "")) != RTSTRUCT_SOP_CLASS:
@@ -330,7 +330,7 @@ def rereference_rtstruct(path: str | Path, old: SeriesGrid, new: SeriesGrid, der
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    from .io import deidentify_header
+    from .io_dicom import deidentify_header
 
     path = Path(path)
     src = _read(path) if ds is None else ds

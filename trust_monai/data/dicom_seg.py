@@ -24,7 +24,7 @@ __all__ = ["seg_referenced_series", "seg_segment_names", "read_seg_labels", "wri
 
 
 def _one_line(e: BaseException) -> str:
-    from .io import _one_line as one_line
+    from .io_base import _one_line as one_line
 
     return one_line(e)
 

@@ -66,7 +66,7 @@ def scan(root: str | Path, folders: Sequence[str | Path]) -> DicomStudy:
     A file that cannot be read is left in its folder's series (reading the series reports it, as before); only
     files that read as RTSTRUCT or SEG are taken out.
     """
-    from .io import _MEDIA_STORAGE_DIRECTORY, _dcmread
+    from .io_dicom import _MEDIA_STORAGE_DIRECTORY, _dcmread
 
     root = Path(root)
     study = DicomStudy(root)
@@ -244,7 +244,7 @@ def stage_labels(study: DicomStudy, staged: Path, roi: Any = None) -> dict:
 
 
 def _grid_of(folder: Path) -> SeriesGrid:
-    from .io import _series_headers
+    from .io_dicom import _series_headers
 
     return series_grid(_series_headers(folder), folder)
 
@@ -286,7 +286,7 @@ def write_derived_objects(record: dict, input_root: Path, staged: Path, out: Pat
         try:
             old, new = _grid_of(src_series), _grid_of(new_series)
             if rec["kind"] == "rtstruct":
-                from .io import _dcmread, _save_dicom
+                from .io_dicom import _dcmread, _save_dicom
                 from ..utils.fileio import atomic_path
 
                 ds = rereference_rtstruct(obj, old, new, derivation, deidentify=deidentify,

@@ -99,7 +99,7 @@ def write_picture(array: np.ndarray, meta, out: Path, derivation: str, _code: An
 
     from trust_monai.utils.fileio import atomic_path
 
-    from .io import _check_suffix, _to_stored
+    from .io_base import _check_suffix, _to_stored
 
     fmt = meta.format
     _check_suffix(out, fmt)
