@@ -117,6 +117,21 @@ class TestRadius:
         assert pred == 2 and math.isclose(radius, 0.5 / math.sqrt(2) * 2 * a)
         assert d.last_record.counts == [200, 200] and d.predict(torch.zeros(1, 4, 4), 100, 0.001, 50) == 2
 
+    def test_on_samples_counts_every_forward_pass(self):
+        """A progress bar hooked to ``on_samples`` sees n0 + n passes per image (and per half for DRS)."""
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        seen = []
+        s = Smooth(net, 3, 0.5, seed=0)
+        s.on_samples = seen.append
+        s.certify(torch.zeros(1, 4, 4), 30, 170, 0.001, 64)
+        assert sum(seen) == 200 and max(seen) == 64
+        seen.clear()
+        half = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 3))  # DRS halves: every other pixel
+        d = DualSmooth(half, half, 3, 0.5, seed=0)
+        d.on_samples = seen.append
+        d.certify(torch.zeros(1, 4, 4), 30, 170, 0.001, 64)
+        assert sum(seen) == 2 * 200
+
     def test_abstain_when_split(self):
         class Coin(torch.nn.Module):  # class decided by the sign of the noise at one pixel: p = 1/2 each
             def forward(self, x):

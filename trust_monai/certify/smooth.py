@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -98,6 +99,8 @@ class _Sampler:
         self._plain: set[int] = set()  # models that failed channels-last (see _forward)
         self._generator: torch.Generator | None = None
         self.last_record: CertifyRecord | None = None
+        # called with the size of every noisy batch: a progress bar can count forward passes, not images
+        self.on_samples: Callable[[int], None] | None = None
 
     def manual_seed(self, seed: int) -> None:
         """Restart the noise stream (the same seed gives the same certificates)."""
@@ -257,6 +260,8 @@ class _Sampler:
             noise = torch.randn(batch.shape, generator=gen, device=x.device, dtype=x.dtype)
             pred = self._forward(model, run, batch + sigma * noise, fmt).argmax(1)
             counts += torch.bincount(pred, minlength=self.num_classes)
+            if self.on_samples is not None:
+                self.on_samples(b)
         return counts.cpu().numpy()
 
 

@@ -149,19 +149,29 @@ class CertifyClassification(_SmoothingRun):
 
             t_method = time.perf_counter()
             mine = shard(indices)
-            for i in tqdm(mine, desc=f"certify {method}", disable=not self.progress or rank > 0, leave=False):
+            # the bar counts forward passes (n0 + n per image and half at most; decide / adaptive stop sooner), so a
+            # large n shows progress within an image; it jumps to the image's end when one stops early or is resumed
+            per_image = (n0 + n) * (2 if method == "drs" else 1)
+            bar = tqdm(total=len(mine) * per_image, desc=f"certify {method} (forward passes)", unit="pass",
+                       unit_scale=True, disable=not self.progress or rank > 0, leave=False)
+            smooth.on_samples = bar.update
+            for j, i in enumerate(mine):
                 if str(i) in done:
                     rows.append(done[str(i)])
+                    bar.update((j + 1) * per_image - bar.n)
                     continue
                 item = ds[i]
                 smooth.manual_seed(self.seed + i)  # each image its own noise stream: rows do not depend on order
                 self._certify_one(smooth, item[Keys.IMAGE].to(self.device), n0, n, bs, int(item[Keys.LABEL]))
+                bar.update((j + 1) * per_image - bar.n)
                 rec = smooth.last_record.as_row()
                 rows.append({"index": str(i), "path": item["rel"], "settings": key, **{k: rec[k] for k in rec}})
                 changed = True
                 if time.perf_counter() - last_flush > self.flush_seconds:
                     self._write_rows(partial, rows)
                     last_flush = time.perf_counter()
+            bar.close()
+            smooth.on_samples = None
             logger.info(f"{'rank %d: ' % rank if world > 1 else ''}certified {len(mine)} images with {method} "
                         f"(n0={n0}, n={n} per smoothed input) in {time.perf_counter() - t_method:.1f}s")
         gathered = all_gather_objects((rows, changed))
