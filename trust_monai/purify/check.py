@@ -70,8 +70,10 @@ class PoisonCheckResult:
         """One line; ``after``: worded for the check of a purifier's output."""
         parts = ", ".join(f"{k} probe {v:.3f} (flag at {self.thresholds[k]:.2f})" for k, v in self.scores.items())
         if after:
+            # on the coarse class-wise codes the D-VAE could not remove (LSP 4x, 32/255 blocks), 2-bit depth did better
             verdict = ("STILL LOOKS POISONED after purification: the purifier did not remove this poison, a model "
-                       "trained on this copy may learn it" if self.poisoned else "no sign of poisoning left after purification")
+                       "trained on this copy may learn it (for coarse class-wise patterns, compare --defence bit_depth)"
+                       if self.poisoned else "no sign of poisoning left after purification")
         else:
             verdict = "LOOKS POISONED: purify before training" if self.poisoned else "no sign of poisoning"
         small = (f"; only {self.n} images, fewer than the 2000 the thresholds were set at: all scores are lower, "
