@@ -21,8 +21,9 @@ first, so they do not choose among clear failures. The tolerance was set after s
 budget sweep the fallback is wrong once: on LSP at 4x its L2 every copy is clearly flagged and victims did *worse*
 at larger floors (75.2%, 57.6%, 50.9%), the check's scores again not telling which; no rule from the check picks
 both, so the largest floor stays and the failure is reported. The kept checkpoints are copied to where inference
-reads them, and every candidate is recorded in ``ckpt_dir/dvae_adaptive.json``. If the kept copy is flagged, the log says so (and inference's check of
-the written copy prints it): the poison may be stronger than this purifier removes.
+reads them, and every candidate is recorded in ``ckpt_dir/dvae_adaptive.json``. If the kept copy is flagged, the
+log says so (and inference's check of the written copy prints it): the poison may be stronger than this purifier
+removes.
 
 A set whose first purification passes the check costs one in-memory purification and a check (seconds) more than
 the plain D-VAE.

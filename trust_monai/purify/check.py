@@ -70,7 +70,7 @@ class PoisonCheckResult:
         """One line; ``after``: worded for the check of a purifier's output."""
         parts = ", ".join(f"{k} probe {v:.3f} (flag at {self.thresholds[k]:.2f})" for k, v in self.scores.items())
         if after:
-            # on the poisons the D-VAE did not remove in the sweep (LSP 4x, AR 4x, 32/255 blocks), 2-bit depth did better
+            # where the D-VAE failed in the sweep (LSP 4x, AR 4x, 32/255 blocks), 2-bit depth did better
             verdict = ("STILL LOOKS POISONED after purification: the purifier did not remove this poison, a model "
                        "trained on this copy may learn it (for coarse class-wise patterns, compare --defence bit_depth)"
                        if self.poisoned else "no sign of poisoning left after purification")
