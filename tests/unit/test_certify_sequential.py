@@ -1,5 +1,5 @@
-"""Sequential certification (``decide``, ``certify_adaptive``): soundness against exact linear classifiers, the cost
-of peeking without correction, early stopping, and bad input.
+"""Sequential (``decide``) and input-specific (``certify_adaptive``) certification: soundness against exact linear
+classifiers, the cost of peeking without correction, early stopping, and bad input.
 
 For a linear base classifier ``f(x) = [w.x + b > 0]`` with ``||w|| = 1``, ``P(f(x + e) = 1) = Phi((w.x + b) /
 sigma)``, so the smoothed classifier's robust radius is exactly the distance to the hyperplane: a certificate larger
@@ -100,10 +100,32 @@ class TestSoundness(unittest.TestCase):
             d = float(rng.uniform(0.15, 1.0))
             x = torch.tensor([[0.6 * d, 0.8 * d, 0.0, 0.0]])  # distance d from w.x = 0 (||w|| = 1)
             smooth.manual_seed(seed)
-            pred, r, used = smooth.certify_adaptive(x, ALPHA, 3000, 500, n0=10, first=50, tolerance=0.05)
+            pred, r, used = smooth.certify_adaptive(x, ALPHA, 3000, 500, n0=10, pilot=100, first=50, tolerance=0.05)
             bad += (pred == 1 and r > d) or pred == 0
-            self.assertLessEqual(used, 3010)
+            self.assertLessEqual(used, 3100)
         self.assertLessEqual(bad / DRAWS, ALPHA)
+
+    def test_adaptive_pilot_cannot_break_the_bound(self):
+        """Whatever the pilot claims (here: every pilot sample a hit, so the largest sample size is chosen, and the
+        opposite), the fresh estimate at the whole alpha exceeds the true radius in at most alpha of the draws."""
+        d = 0.3
+        p = norm.cdf(d / SIGMA)
+        score = Smooth(Linear([1.0, 0, 0, 0]), 2, SIGMA)._score
+        for claimed in (1000, 600):
+            rng = np.random.default_rng(claimed)
+            bad = 0
+            for _ in range(2000):
+                res = sequential.adaptive(np.array([claimed]), 1000, lambda m: np.array([rng.binomial(m, p)]), score,
+                                          1, ALPHA, 3000, 50, 0.05)
+                bad += res.certified and res.radius > d
+            self.assertLessEqual(bad / 2000, ALPHA)
+
+    def test_sample_size_follows_the_pilot(self):
+        score = Smooth(Linear([1.0, 0, 0, 0]), 2, SIGMA)._score
+        size = [sequential.sample_size(np.array([q]), score, 1, 0.001, 100_000, 100, 0.05) for q in (1.0, 0.885, 0.3)]
+        self.assertGreater(size[0], 50_000)  # saturated: the radius keeps growing with every sample
+        self.assertLess(size[1], 20_000)  # p = 0.885: the bound is tight long before 100k
+        self.assertEqual(size[2], 0)  # nothing to certify
 
     def test_dual_decide_borderline(self):
         """DRS with a linear classifier on each half: at an input whose exact DRS score equals the radius, a

@@ -34,7 +34,8 @@ class CertifyRecord:
 
     ``counts`` holds the top-class count of the estimation samples (one entry for RS, ``[left, right]`` for DRS),
     ``p_lower`` the matching Clopper-Pearson lower bounds; ``n0`` / ``n`` are samples per smoothed input (per half
-    for DRS; for ``decide`` / ``adaptive``, ``n`` is the number of estimation samples used); ``correct`` is None when
+    for DRS; for ``decide`` / ``adaptive``, ``n`` is the number of estimation samples used, and for ``adaptive``
+    ``n0`` is the pilot, which also selected the class); ``correct`` is None when
     no label was given. ``samples_used`` counts every forward pass of the base classifier(s), selection included
     (``n0 + n`` for RS, ``2 (n0 + n)`` for DRS); ``mode`` is ``fixed``, ``decide`` or ``adaptive``.
     """
@@ -141,8 +142,9 @@ class _Sampler:
             return run(batch)
 
     # ------------------------------------------------------------------ sequential certification (RS and DRS alike)
-    # A subclass supplies: _method, _halves, _select(x, n0, bs) -> class, _drawer(x, cls, bs) -> (m -> counts per
-    # half), and _score(per-half probabilities) -> radius (increasing in every probability; <= 0: none).
+    # A subclass supplies: _method, _halves, _select(x, n0, bs) -> class, _pilot(x, num, bs) -> (class, its counts
+    # per half), _drawer(x, cls, bs) -> (m -> counts per half), and _score(per-half probabilities) -> radius
+    # (increasing in every probability; <= 0: none).
 
     def decide(self, x: torch.Tensor, radius: float, alpha: float, max_samples: int, batch_size: int, n0: int = 100,
                first: int = 32, growth: float = 2.0, label: int | None = None) -> tuple[int, int]:
@@ -173,31 +175,32 @@ class _Sampler:
         return pred, used
 
     def certify_adaptive(self, x: torch.Tensor, alpha: float, max_samples: int, batch_size: int, n0: int = 100,
-                         tolerance: float = 0.05, first: int = 100, growth: float = 2.0, final_share: float = 0.5,
+                         tolerance: float = 0.05, pilot: int | None = None, first: int = 100,
                          label: int | None = None) -> tuple[int, float, int]:
         """CERTIFY with an input-specific sample size: ``(prediction, radius, samples_used)``, ``(-1, 0.0, used)`` on
         abstention.
 
-        Class selection from ``n0`` separate samples as CERTIFY; then estimation samples at the fixed looks
-        ``first, first * growth, ..., max_samples`` with ``final_share`` of alpha spent at the last look and the rest
-        split evenly over the others (DRS: each level halved between the halves). At look ``k`` the certified radius
-        so far is that of the lower bounds, ``R_k``; the radius the full budget would give is predicted by plugging the
-        observed hit rate into the last look's bound, ``R_hat``; sampling stops when ``R_hat - R_k <= tolerance`` (the
-        rule of "Input-Specific Robustness Certification for Randomized Smoothing", Chen et al., AAAI 2022: trade at
-        most about ``tolerance`` of radius for samples), or when the upper bounds show nothing can be certified.
-
-        Guarantee: every lower bound of the sequence holds at once with probability ``1 - alpha`` (union bound over
-        the looks and halves, levels summing to alpha; selection samples independent), so the radius reported at the
-        data-dependent stop is valid with probability at least ``1 - alpha``; the tolerance is a plug-in prediction and
-        affects only how much radius is traded, never the guarantee (:mod:`trust_monai.certify.sequential`).
+        Two stages ("Input-Specific Robustness Certification for Randomized Smoothing", Chen et al., AAAI 2022):
+        ``max(n0, pilot)`` pilot samples (per half for DRS; ``pilot`` None: 1% of ``max_samples``, so at most 1% more
+        passes than fixed n on an input that needs the whole budget) select the class ``A`` and estimate how often it
+        wins; the
+        sample size is the smallest ``m`` (of a grid from ``first`` to ``max_samples``, about 5% apart) whose predicted
+        radius is within ``tolerance`` of what ``max_samples`` would give; then ``m`` fresh samples give the radius
+        at the whole ``alpha`` (DRS: halved between the halves). Guarantee: ``A`` and ``m`` depend on the pilot only,
+        which is independent of the estimation samples, so the radius holds with probability at least ``1 - alpha``
+        whatever the pilot said; the tolerance is a plug-in prediction and affects only how much radius is traded,
+        never the guarantee (:mod:`trust_monai.certify.sequential`).
         """
-        schedule = self.check_adaptive(alpha, max_samples, batch_size, n0, tolerance, first, growth, final_share)
+        pilot = int(max_samples) // 100 if pilot is None else pilot
+        self.check_adaptive(alpha, max_samples, batch_size, n0, tolerance, pilot, first)
         t0 = time.perf_counter()
-        top = self._select(x, n0, batch_size)
-        res = seq.adaptive(self._drawer(x, top, batch_size), self._score, self._halves, schedule, float(tolerance))
+        n_pilot = max(int(n0), int(pilot))
+        top, hits = self._pilot(x, n_pilot, batch_size)
+        res = seq.adaptive(hits, n_pilot, self._drawer(x, top, batch_size), self._score, self._halves, float(alpha),
+                           int(max_samples), int(first), float(tolerance))
         pred, radius = (top, res.radius) if res.certified else (ABSTAIN, 0.0)
-        used = self._halves * (n0 + res.n)
-        self._record("adaptive", pred, radius, n0, res, label, used, t0)
+        used = self._halves * (n_pilot + res.n)
+        self._record("adaptive", pred, radius, n_pilot, res, label, used, t0)
         return pred, radius, used
 
     def check_decide(self, radius, alpha, max_samples, batch_size, n0=100, first=32, growth=2.0) -> seq.Schedule:
@@ -215,18 +218,17 @@ class _Sampler:
                 f"agreed; use max_samples >= {least}")
         return schedule
 
-    def check_adaptive(self, alpha, max_samples, batch_size, n0=100, tolerance=0.05, first=100, growth=2.0,
-                       final_share=0.5) -> seq.Schedule:
+    def check_adaptive(self, alpha, max_samples, batch_size, n0=100, tolerance=0.05, pilot=0, first=100) -> None:
         """Refuse bad :meth:`certify_adaptive` settings (no sampling), as :meth:`check_decide`."""
         if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
             raise TrustMonaiError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+        if not (isinstance(pilot, (int, np.integer)) and pilot >= 0):
+            raise TrustMonaiError(f"pilot must be an integer >= 0 (0: the n0 selection samples only), got {pilot!r}")
         self._check_sequential(n0, max_samples, alpha, batch_size, first)
-        schedule = seq.Schedule.make(alpha, int(max_samples), first, growth, final_share)
-        if self._score(np.full(self._halves, (schedule.alphas[-1] / self._halves) ** (1.0 / max_samples))) <= 0:
-            least = seq.min_samples_adaptive(self._score, self._halves, alpha, first, growth, final_share)
+        if self._score(np.full(self._halves, (alpha / self._halves) ** (1.0 / max_samples))) <= 0:
+            least = seq.min_samples_adaptive(self._score, self._halves, alpha)
             raise TrustMonaiError(f"max_samples={max_samples} cannot certify any radius at alpha {alpha:g}; "
                                   f"use max_samples >= {least}")
-        return schedule
 
     @staticmethod
     def _check_sequential(n0, max_samples, alpha, batch_size, first) -> None:
@@ -298,6 +300,11 @@ class Smooth(_Sampler):
 
     def _drawer(self, x, top, batch_size):
         return lambda m: self._counts(self.base_classifier, x, self.sigma, m, batch_size)[top:top + 1]
+
+    def _pilot(self, x, num, batch_size) -> tuple[int, np.ndarray]:
+        counts = self._counts(self.base_classifier, x, self.sigma, num, batch_size)
+        top = int(counts.argmax())
+        return top, counts[top:top + 1]
 
     def _score(self, p) -> float:
         """``sigma PhiInv(p)`` (Cohen et al.'s radius for a lower bound ``p`` on ``p_A``)."""
@@ -392,6 +399,11 @@ class DualSmooth(_Sampler):
     def _select(self, x, n0, batch_size) -> int:
         c_l, c_r = self._both(x, n0, batch_size)
         return int((c_l + c_r).argmax())
+
+    def _pilot(self, x, num, batch_size) -> tuple[int, np.ndarray]:
+        c_l, c_r = self._both(x, num, batch_size)
+        top = int((c_l + c_r).argmax())
+        return top, np.array([c_l[top], c_r[top]])
 
     def _drawer(self, x, top, batch_size):
         x_l, x_r = dual_split(x, x.ndim - 1)
