@@ -52,9 +52,6 @@ class TestSchedule(unittest.TestCase):
         self.assertEqual(s.looks[-1], 100_000)
         self.assertTrue(all(a < b for a, b in zip(s.looks, s.looks[1:])))
         self.assertAlmostEqual(sum(s.alphas), 0.001, places=15)
-        f = sequential.Schedule.make(0.001, 100_000, 100, 2.0, final_share=0.5)
-        self.assertAlmostEqual(f.alphas[-1], 0.0005)
-        self.assertAlmostEqual(sum(f.alphas), 0.001, places=15)
 
     def test_cp_bounds_match_bisection_and_beta(self):
         k, n = np.array([0, 1, 37, 99, 100]), 100

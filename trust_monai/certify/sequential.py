@@ -1,8 +1,10 @@
-"""Sequential certification: stop sampling as soon as an anytime-valid bound answers the question.
+"""Certify with fewer samples: stop as soon as an anytime-valid bound answers (``decide``), or choose each input's
+sample size from a pilot (``adaptive``).
 
 Two rules, shared by :class:`~trust_monai.certify.Smooth` (one smoothed input, ``halves = 1``) and
 :class:`~trust_monai.certify.DualSmooth` (two, ``halves = 2``); the classes add the class-selection step and the
-records. Both rest on one confidence sequence for the selected class's probability ``p`` (per half):
+records. :func:`decide` rests on one confidence sequence for the selected class's probability ``p`` (per half);
+:func:`adaptive` needs none (see its entry below):
 
 **The confidence sequence (union-bound Clopper-Pearson over a fixed geometric grid of looks).** The look times
 ``n_1 < n_2 < ... < n_K = max_samples`` (:func:`look_times`) and the levels ``alpha_1 .. alpha_K`` with
@@ -80,25 +82,15 @@ def look_times(first: int, max_samples: int, growth: float = 2.0) -> list[int]:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Look times and the alpha spent at each (``sum(alphas) == alpha``), fixed before sampling.
-
-    ``final_share``: the fraction of alpha spent at the last look (None: alpha split evenly over the looks).
-    """
+    """Look times and the alpha spent at each (split evenly, ``sum(alphas) == alpha``), fixed before sampling."""
 
     looks: tuple[int, ...]
     alphas: tuple[float, ...]
 
     @classmethod
-    def make(cls, alpha: float, max_samples: int, first: int, growth: float = 2.0,
-             final_share: float | None = None) -> "Schedule":
+    def make(cls, alpha: float, max_samples: int, first: int, growth: float = 2.0) -> "Schedule":
         looks = look_times(first, max_samples, growth)
-        k = len(looks)
-        if final_share is None or k == 1:
-            alphas = [alpha / k] * k
-        else:
-            if not 0.0 < final_share < 1.0:
-                raise TrustMonaiError(f"final_share must lie in (0, 1), got {final_share!r}")
-            alphas = [alpha * (1.0 - final_share) / (k - 1)] * (k - 1) + [alpha * final_share]
+        alphas = [alpha / len(looks)] * len(looks)
         return cls(tuple(looks), tuple(alphas))
 
 

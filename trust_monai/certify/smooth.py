@@ -142,9 +142,12 @@ class _Sampler:
             return run(batch)
 
     # ------------------------------------------------------------------ sequential certification (RS and DRS alike)
-    # A subclass supplies: _method, _halves, _select(x, n0, bs) -> class, _pilot(x, num, bs) -> (class, its counts
-    # per half), _drawer(x, cls, bs) -> (m -> counts per half), and _score(per-half probabilities) -> radius
-    # (increasing in every probability; <= 0: none).
+    # A subclass supplies: _method, _halves, _pilot(x, num, bs) -> (top class of num samples, its counts per half),
+    # _drawer(x, cls, bs) -> (m -> counts per half), and _score(per-half probabilities) -> radius (increasing in every
+    # probability; <= 0: none).
+
+    def _select(self, x, n0, batch_size) -> int:
+        return self._pilot(x, n0, batch_size)[0]
 
     def decide(self, x: torch.Tensor, radius: float, alpha: float, max_samples: int, batch_size: int, n0: int = 100,
                first: int = 32, growth: float = 2.0, label: int | None = None) -> tuple[int, int]:
@@ -183,13 +186,12 @@ class _Sampler:
         Two stages ("Input-Specific Robustness Certification for Randomized Smoothing", Chen et al., AAAI 2022):
         ``max(n0, pilot)`` pilot samples (per half for DRS; ``pilot`` None: 1% of ``max_samples``, so at most 1% more
         passes than fixed n on an input that needs the whole budget) select the class ``A`` and estimate how often it
-        wins; the
-        sample size is the smallest ``m`` (of a grid from ``first`` to ``max_samples``, about 5% apart) whose predicted
-        radius is within ``tolerance`` of what ``max_samples`` would give; then ``m`` fresh samples give the radius
-        at the whole ``alpha`` (DRS: halved between the halves). Guarantee: ``A`` and ``m`` depend on the pilot only,
-        which is independent of the estimation samples, so the radius holds with probability at least ``1 - alpha``
-        whatever the pilot said; the tolerance is a plug-in prediction and affects only how much radius is traded,
-        never the guarantee (:mod:`trust_monai.certify.sequential`).
+        wins; the sample size is the smallest ``m`` (of a grid from ``first`` to ``max_samples``, about 5% apart)
+        whose predicted radius is within ``tolerance`` of what ``max_samples`` would give; then ``m`` fresh samples
+        give the radius at the whole ``alpha`` (DRS: halved between the halves). Guarantee: ``A`` and ``m`` depend on
+        the pilot only, which is independent of the estimation samples, so the radius holds with probability at least
+        ``1 - alpha`` whatever the pilot said; the tolerance is a plug-in prediction and affects only how much radius
+        is traded, never the guarantee (:mod:`trust_monai.certify.sequential`).
         """
         pilot = int(max_samples) // 100 if pilot is None else pilot
         self.check_adaptive(alpha, max_samples, batch_size, n0, tolerance, pilot, first)
@@ -295,8 +297,6 @@ class Smooth(_Sampler):
 
     _method, _halves = "rs", 1
 
-    def _select(self, x, n0, batch_size) -> int:
-        return int(self._counts(self.base_classifier, x, self.sigma, n0, batch_size).argmax())
 
     def _drawer(self, x, top, batch_size):
         return lambda m: self._counts(self.base_classifier, x, self.sigma, m, batch_size)[top:top + 1]
@@ -395,10 +395,6 @@ class DualSmooth(_Sampler):
         self.sigma_l, self.sigma_r = float(sigma_l), float(sigma_r)
 
     _method, _halves = "drs", 2
-
-    def _select(self, x, n0, batch_size) -> int:
-        c_l, c_r = self._both(x, n0, batch_size)
-        return int((c_l + c_r).argmax())
 
     def _pilot(self, x, num, batch_size) -> tuple[int, np.ndarray]:
         c_l, c_r = self._both(x, num, batch_size)
