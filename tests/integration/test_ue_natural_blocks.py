@@ -46,3 +46,28 @@ def test_blocks_train_and_inference_write_the_class_code(tmp_path):
         np.testing.assert_array_equal(b, np.clip(a + code[int(e["label"])], 0, 255))
     for e in datalist["test"]:  # the test split is copied byte for byte
         assert (out / e["image"]).read_bytes() == (data / e["image"]).read_bytes()
+
+
+@pytest.mark.slow
+def test_rgb_datalist_is_poisoned_in_colour_without_in_channels(tmp_path):
+    """An RGB datalist needs no ``--in_channels``: the bundles read the channel count from the first image."""
+    from trust_monai.data.classification import datalist_channels
+
+    src = Path(resolve_id("ue_natural", "train", "dataset_dir"))
+    data = tiny_copy(src, tmp_path / "data", per_section=20)
+    assert datalist_channels(data) == 1
+    datalist = json.loads((data / "dataset.json").read_text())
+    for e in datalist["training"] + datalist["test"]:  # tint each garment: three different channels
+        a = np.asarray(Image.open(data / e["image"]), dtype=np.uint8)
+        Image.fromarray(np.stack([a, a // 2, 255 - a], -1)).save(data / e["image"])
+    assert datalist_channels(data) == 3
+    ckpt, out = tmp_path / "models", tmp_path / "out"
+    for config, extra in (("train", {}), ("inference", {"output_dir": str(out)})):
+        proc = run_bundle("ue_natural", config, poison="blocks", dataset_dir=str(data), ckpt_dir=str(ckpt), **extra)
+        assert proc.returncode == 0, f"{config} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    for e in datalist["training"]:
+        a = np.asarray(Image.open(data / e["image"]), dtype=np.int16)
+        b = np.asarray(Image.open(out / e["image"]), dtype=np.int16)
+        assert b.shape == a.shape == (28, 28, 3)
+        change = np.abs(b - a)
+        assert change.max() == 8 and all(change[..., c].any() for c in range(3))

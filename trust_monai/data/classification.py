@@ -4,6 +4,7 @@
 - :class:`ImageClassificationDataset`: a datalist section decoded once into memory (a corrupt file raises
   :class:`~trust_monai.errors.InputFileError` naming it, before anything is written).
 - :func:`load_sections`: several sections as one ``ConcatDataset`` (what the poison / purify writers iterate).
+- :func:`datalist_channels`: 1 or 3, read from the first training image (the bundles' default ``in_channels``).
 
 The natural-image bundles (``ue_natural``, ``dvae_natural``, ``drs_natural``) read their data with these.
 """
@@ -22,7 +23,7 @@ from monai.utils import CommonKeys as Keys
 
 from ..errors import DatalistError, InputFileError
 
-__all__ = ["read_datalist", "ImageClassificationDataset", "load_sections"]
+__all__ = ["read_datalist", "ImageClassificationDataset", "load_sections", "datalist_channels"]
 
 
 _DATALISTS: dict[tuple, tuple] = {}
@@ -60,13 +61,34 @@ _CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 _CACHE_SIZE = 8  # decoded sections kept in memory (clean train, test, poisoned train ...): 47 MB each for 60k x 28x28
 
 
+_GREY_MODES = ("L", "I", "I;16", "1", "P", "LA")
+
+
+def datalist_channels(dataset_dir: str | os.PathLike) -> int:
+    """Channels a network needs for ``dataset_dir``: 1 when its first training image is grey, else 3 (RGB).
+
+    Raises:
+        InputFileError: the datalist or its first training image is missing or unreadable.
+    """
+    from PIL import Image
+
+    entries, _ = read_datalist(dataset_dir, "training")
+    if not entries:
+        raise InputFileError(Path(dataset_dir) / "dataset.json", "the training section is empty")
+    try:
+        with Image.open(entries[0]["image"]) as im:
+            return 1 if im.mode in _GREY_MODES else 3
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+        raise InputFileError(entries[0]["image"], f"not a readable image ({type(e).__name__}: {e})") from None
+
+
 def _decode(path: str, channels: int | None) -> np.ndarray:
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             im.load()
-            if channels == 1 or (channels is None and im.mode in ("L", "I", "I;16", "1", "P", "LA")):
+            if channels == 1 or (channels is None and im.mode in _GREY_MODES):
                 arr = np.asarray(im.convert("L"))[None]
             else:
                 arr = np.asarray(im.convert("RGB")).transpose(2, 0, 1)
