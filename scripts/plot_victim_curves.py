@@ -1,0 +1,70 @@
+"""One figure of victim learning curves from several ``ue_natural`` / ``dvae_natural`` evaluation folders.
+
+Each ``RUN=LABEL`` names an ``evaluate.json`` output folder (its ``eval/curves.csv``) and a panel title, e.g. the
+victim and seed; conditions (clean, each poison) get the same colour in every panel. Prints the final and best
+clean test accuracy of every curve as a Markdown table, so the figure and the docs' table come from one read.
+
+    python scripts/plot_victim_curves.py --out curves.png /runs/eval_resnet_s0="ResNet, seed 0" /runs/eval_cnn_s0="CNN, seed 0"
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+
+def read_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """``{condition: [(epoch, test accuracy), ...]}`` from ``folder/eval/curves.csv`` (or ``folder/curves.csv``)."""
+    path = folder / "eval" / "curves.csv"
+    path = path if path.is_file() else folder / "curves.csv"
+    if not path.is_file():
+        raise SystemExit(f"{folder}: no eval/curves.csv (run evaluate.json with --output_dir {folder} first)")
+    curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            curves[row["condition"]].append((int(row["epoch"]), 100 * float(row["test_acc"])))
+    return dict(curves)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="FOLDER=TITLE")
+    parser.add_argument("--out", required=True, help="PNG to write")
+    parser.add_argument("--title", default="clean test accuracy of victims trained on each copy")
+    args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(Path(r.split("=", 1)[0]), r.split("=", 1)[1] if "=" in r else Path(r).name) for r in args.runs]
+    data = [(title, read_curves(folder)) for folder, title in panels]
+    names = list(dict.fromkeys(c for _, curves in data for c in curves))
+    colours = {c: plt.cm.tab10(i % 10) for i, c in enumerate(names)}
+    fig, axes = plt.subplots(1, len(data), figsize=(4.2 * len(data), 3.4), squeeze=False, sharey=True)
+    print("| run | condition | accuracy per epoch (%) | final | best |\n|---|---|---|---|---|")
+    for ax, (title, curves) in zip(axes[0], data):
+        for name, points in curves.items():
+            epochs, acc = zip(*points)
+            ax.plot(epochs, acc, marker="o", ms=3, color=colours[name], label=name)
+            print(f"| {title} | {name} | {', '.join(f'{a:.1f}' for a in acc)} | **{acc[-1]:.2f}** | {max(acc):.2f} |")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("clean test accuracy (%)")
+    handles = [plt.Line2D([], [], color=colours[n], marker="o", ms=3) for n in names]
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), frameon=False)
+    fig.suptitle(args.title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(out)  # atomic: a half-written PNG never replaces a good one
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
