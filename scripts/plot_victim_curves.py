@@ -4,7 +4,7 @@ Each ``RUN=LABEL`` names an ``evaluate.json`` output folder (its ``eval/curves.c
 victim and seed; conditions (clean, each poison) get the same colour in every panel. Prints the final and best
 clean test accuracy of every curve as a Markdown table, so the figure and the docs' table come from one read.
 
-    python scripts/plot_victim_curves.py --out curves.png /runs/eval_resnet_s0="ResNet, seed 0" /runs/eval_cnn_s0="CNN, seed 0"
+    python scripts/plot_victim_curves.py --out curves.png /runs/eval_resnet_s0="ResNet, seed 0" /runs/eval_cnn_s0="CNN"
 """
 
 from __future__ import annotations
