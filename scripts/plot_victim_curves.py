@@ -1,7 +1,7 @@
 """One figure of victim learning curves from several ``ue_natural`` / ``dvae_natural`` evaluation folders.
 
-Each ``RUN=LABEL`` names an ``evaluate.json`` output folder (its ``eval/curves.csv``) and a panel title, e.g. the
-victim and seed; conditions (clean, each poison) get the same colour in every panel. Prints the final and best
+Each ``FOLDER[,FOLDER...]=TITLE`` is one panel: ``evaluate.json`` output folders (their ``eval/curves.csv``, merged)
+and a title, e.g. the victim and seed; conditions (clean, each poison) get the same colour in every panel. Prints the final and best
 clean test accuracy of every curve as a Markdown table, so the figure and the docs' table come from one read.
 
     python scripts/plot_victim_curves.py --out curves.png /runs/eval_resnet_s0="ResNet, seed 0" /runs/eval_cnn_s0="CNN"
@@ -30,7 +30,7 @@ def read_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="FOLDER=TITLE")
+    parser.add_argument("runs", nargs="+", help="FOLDER[,FOLDER...]=TITLE, one panel each")
     parser.add_argument("--out", required=True, help="PNG to write")
     parser.add_argument("--title", default="clean test accuracy of victims trained on each copy")
     args = parser.parse_args(argv)
@@ -39,8 +39,13 @@ def main(argv=None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(Path(r.split("=", 1)[0]), r.split("=", 1)[1] if "=" in r else Path(r).name) for r in args.runs]
-    data = [(title, read_curves(folder)) for folder, title in panels]
+    data = []
+    for run in args.runs:
+        folders, _, title = run.partition("=")
+        curves: dict[str, list[tuple[int, float]]] = {}
+        for folder in folders.split(","):
+            curves.update(read_curves(Path(folder)))
+        data.append((title or Path(folders.split(",")[0]).name, curves))
     names = list(dict.fromkeys(c for _, curves in data for c in curves))
     colours = {c: plt.cm.tab10(i % 10) for i, c in enumerate(names)}
     fig, axes = plt.subplots(1, len(data), figsize=(4.2 * len(data), 3.4), squeeze=False, sharey=True)
