@@ -33,6 +33,7 @@ def main(argv=None) -> None:
     parser.add_argument("runs", nargs="+", help="FOLDER[,FOLDER...]=TITLE, one panel each")
     parser.add_argument("--out", required=True, help="PNG to write")
     parser.add_argument("--title", default="clean test accuracy of victims trained on each copy")
+    parser.add_argument("--cols", type=int, default=4, help="panels per row")
     args = parser.parse_args(argv)
     import matplotlib
 
@@ -48,9 +49,14 @@ def main(argv=None) -> None:
         data.append((title or Path(folders.split(",")[0]).name, curves))
     names = list(dict.fromkeys(c for _, curves in data for c in curves))
     colours = {c: plt.cm.tab10(i % 10) for i, c in enumerate(names)}
-    fig, axes = plt.subplots(1, len(data), figsize=(4.2 * len(data), 3.4), squeeze=False, sharey=True)
+    cols = max(1, min(args.cols, len(data)))
+    rows = -(-len(data) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.1 * rows + 0.6), squeeze=False, sharey=True)
+    axes = axes.ravel()
+    for ax in axes[len(data):]:
+        ax.set_visible(False)
     print("| run | condition | accuracy per epoch (%) | final | best |\n|---|---|---|---|---|")
-    for ax, (title, curves) in zip(axes[0], data):
+    for ax, (title, curves) in zip(axes, data):
         for name, points in curves.items():
             epochs, acc = zip(*points)
             ax.plot(epochs, acc, marker="o", ms=3, color=colours[name], label=name)
@@ -59,11 +65,12 @@ def main(argv=None) -> None:
         ax.set_xlabel("epoch")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("clean test accuracy (%)")
+    for ax in axes[::cols]:
+        ax.set_ylabel("clean test accuracy (%)")
     handles = [plt.Line2D([], [], color=colours[n], marker="o", ms=3) for n in names]
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), frameon=False)
     fig.suptitle(args.title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.6 / (3.1 * rows + 0.6), 1, 0.95))
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
