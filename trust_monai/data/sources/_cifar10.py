@@ -23,7 +23,7 @@ from pathlib import Path
 from trust_monai.errors import DataSourceUnavailable, InputFileError
 
 from ..cache import downloads_dir
-from ._common import Builder, DatasetInfo, progress, write_datalist
+from ._common import Builder, DatasetInfo, write_png_classification
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR10_ENV", "NPM_SPEC", "locate_tarball", "load_cifar10_tarball", "BUILDERS"]
 
@@ -140,23 +140,10 @@ def _version() -> str:
 
 
 def _build(out: Path, source: Path, info: DatasetInfo) -> None:
-    from PIL import Image
-
-    lists = {}
-    for split, key in (("train", "training"), ("test", "test")):
-        images, labels = load_cifar10_tarball(source, split)
-        (out / split).mkdir()
-        entries = []
-        for i in progress(range(len(images)), desc=f"cifar10 {split} PNGs", unit="img"):
-            rel = f"{split}/{i:05d}.png"
-            Image.fromarray(images[i]).save(out / rel, compress_level=1)
-            entries.append({"image": rel, "label": int(labels[i])})
-        lists[key] = entries
-    write_datalist(
+    write_png_classification(
         out,
         info,
-        lists["training"],
-        lists["test"],
+        {split: load_cifar10_tarball(source, split) for split in ("train", "test")},
         split_rule="The official CIFAR-10 split: 50000 training images (data_batch_1-5), 10000 test (test_batch).",
         modality={"0": "RGB photograph"},
         classes=list(CIFAR10_CLASSES),

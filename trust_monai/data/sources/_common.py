@@ -127,6 +127,33 @@ def slice_affine(affine, index: int, axis: int = 2):
     return shifted
 
 
+def write_png_classification(out: Path, info: DatasetInfo, splits: dict, split_rule: str, **extra: Any) -> Path:
+    """Write a classification set as ``out/<split>/<index>.png`` plus its ``dataset.json``.
+
+    Args:
+        out: dataset folder being built.
+        info: the dataset's registry record.
+        splits: ``{"train": (images, labels), "test": (images, labels)}``; images uint8 N x H x W (grey) or
+            N x H x W x 3 (RGB), labels integer class indices.
+        split_rule: as for :func:`write_datalist`.
+        extra: further datalist keys (``classes``, ``modality`` ...).
+    """
+    from PIL import Image
+
+    lists = {}
+    for split, key in (("train", "training"), ("test", "test")):
+        images, labels = splits[split]
+        (out / split).mkdir()
+        entries = []
+        for i in progress(range(len(images)), desc=f"{info.name} {split} PNGs", unit="img"):
+            rel = f"{split}/{i:05d}.png"
+            # Level 1 compresses small images nearly as well as the default and writes about 2x faster.
+            Image.fromarray(images[i]).save(out / rel, compress_level=1)
+            entries.append({"image": rel, "label": int(labels[i])})
+        lists[key] = entries
+    return write_datalist(out, info, lists["training"], lists["test"], split_rule=split_rule, **extra)
+
+
 def write_datalist(
     out: Path, info: DatasetInfo, training: Sequence[dict], test: Sequence[dict], split_rule: str, **extra: Any
 ) -> Path:
