@@ -209,3 +209,30 @@ def test_schema_error_found_deep_in_a_long_datalist(tmp_path, bad_entry):
     (tmp_path / "dataset.json").write_text(json.dumps({"training": entries}))
     with pytest.raises(DatalistError, match=r"\[500\]"):
         load_datalist(tmp_path, "training", check_files=False)
+
+
+def test_datalist_channels_grey_rgb_and_test_only(tmp_path):
+    """The natural bundles' default ``in_channels``: from the first training image, or the first test image of a
+    test-only datalist; a datalist without images is a one-line error naming it."""
+    from PIL import Image
+
+    from trust_monai.data.classification import datalist_channels
+
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    Image.fromarray(np.stack([grey, grey // 2, 255 - grey], -1)).save(tmp_path / "c.png")
+    cases = [
+        ({"training": [{"image": "g.png", "label": 0}], "test": [{"image": "c.png", "label": 0}]}, 1),
+        ({"training": [{"image": "c.png", "label": 0}], "test": [{"image": "g.png", "label": 0}]}, 3),
+        ({"test": [{"image": "c.png", "label": 1}]}, 3),
+    ]
+    for i, (doc, channels) in enumerate(cases):
+        folder = tmp_path / f"d{i}"
+        folder.mkdir()
+        for name in ("g.png", "c.png"):
+            (folder / name).write_bytes((tmp_path / name).read_bytes())
+        (folder / "dataset.json").write_text(json.dumps(doc))
+        assert datalist_channels(folder) == channels
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": []}))
+    with pytest.raises(TrustMonaiError, match="dataset.json"):
+        datalist_channels(tmp_path)

@@ -64,17 +64,35 @@ _CACHE_SIZE = 8  # decoded sections kept in memory (clean train, test, poisoned 
 _GREY_MODES = ("L", "I", "I;16", "1", "P", "LA")
 
 
+def _raw_datalist(dataset_dir) -> tuple[Path, dict]:
+    """``(path, parsed dataset.json)`` without the schema check; a missing or broken file names itself."""
+    path = Path(dataset_dir) / "dataset.json"
+    try:
+        return path, json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputFileError(
+            path, "datalist not found; pass --dataset_dir pointing at a folder with dataset.json"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise InputFileError(path, f"unreadable datalist ({e})") from None
+
+
 def datalist_channels(dataset_dir: str | os.PathLike) -> int:
-    """Channels a network needs for ``dataset_dir``: 1 when its first training image is grey, else 3 (RGB).
+    """Channels a network needs for ``dataset_dir``: 1 when its first image is grey, else 3 (RGB).
+
+    The first image of the ``training`` section, or of ``test`` for a datalist that has only a test section (a set
+    to certify).
 
     Raises:
-        InputFileError: the datalist or its first training image is missing or unreadable.
+        InputFileError / DatalistError: the datalist has no image, or its first image is unreadable.
     """
     from PIL import Image
 
-    entries, _ = read_datalist(dataset_dir, "training")
+    path, present = _raw_datalist(dataset_dir)
+    section = "training" if present.get("training") or not present.get("test") else "test"
+    entries, _ = read_datalist(dataset_dir, section)
     if not entries:
-        raise InputFileError(Path(dataset_dir) / "dataset.json", "the training section is empty")
+        raise InputFileError(path, f"the {section} section is empty")
     try:
         with Image.open(entries[0]["image"]) as im:
             return 1 if im.mode in _GREY_MODES else 3
@@ -190,13 +208,7 @@ def load_sections(
 ) -> torch.utils.data.ConcatDataset:
     """The datalist sections of ``dataset_dir`` as one dataset (``training`` is required, other sections are used
     when the datalist has them); ``max_samples`` is one limit for all or ``{section: limit}``."""
-    path = Path(dataset_dir) / "dataset.json"
-    try:
-        present = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputFileError(path, "datalist not found; pass --dataset_dir pointing at a folder with dataset.json") from None
-    except (OSError, ValueError) as e:
-        raise InputFileError(path, f"unreadable datalist ({e})") from None
+    _, present = _raw_datalist(dataset_dir)
     parts = []
     for s in sections:
         if s != "training" and not present.get(s):
