@@ -197,3 +197,33 @@ def test_contrast_setting(monkeypatch, built):
         monkeypatch.setenv(lesions_mod.CONTRAST_ENV, bad)
         with pytest.raises(TrustMonaiError, match="TRUST_MONAI_LESION_CONTRAST"):
             prepare("mni152_lesions", root="/nonexistent-root")
+
+
+@pytest.mark.parametrize("name,patch", [("mni152_lesions_2d", (32, 32)), ("mni152_lesions", (32, 32, 16))])
+def test_standard_victim_augmentation_keeps_labels_and_changes_images(built, name, patch):
+    """The careful trainer's augmentation (rotation / scaling, noise, blur, intensity) on real lesion cases: label
+    patches stay binary and keep their lesions (nearest resampling), images change beyond a flip, and the same seed
+    gives the same patches."""
+    import torch
+
+    from trust_monai.data.datalist import load_datalist
+    from trust_monai.data.pipelines import segmentation_transforms
+
+    spatial_dims = len(patch)
+    files = load_datalist(built[name], "training", keys=("image", "label"))
+    case = next(f for f in files if array(Path(f["label"])).sum() > 50)  # a case with a lesion
+
+    def patches(augment, seed):
+        xform = segmentation_transforms(spatial_dims, patch, train=True, num_samples=8, augment=augment)
+        xform.set_random_state(seed)
+        return xform(dict(case))
+
+    std, again, flip = patches("standard", 3), patches("standard", 3), patches("flip", 3)
+    for p in std:
+        assert tuple(p["image"].shape) == (1, *patch) and tuple(p["label"].shape) == (1, *patch)
+        assert set(torch.unique(p["label"]).tolist()) <= {0.0, 1.0}
+    assert sum(float(p["label"].sum()) > 0 for p in std) >= 4  # pos:neg 1:1 crops still hold lesion voxels
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(std, again))
+    assert any(not torch.allclose(a["image"], b["image"]) for a, b in zip(std, flip))
+    with pytest.raises(ValueError, match="augment"):
+        segmentation_transforms(spatial_dims, patch, augment="heavy")

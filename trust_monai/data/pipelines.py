@@ -17,6 +17,7 @@ def segmentation_transforms(
     pos: float = 1.0,
     neg: float = 1.0,
     ct_window: Sequence[float] = (-1000.0, 1000.0),
+    augment: str = "flip",
 ):
     """Load image + label, channel first, window intensities to [0, 1], and (train) sample patches at native resolution.
 
@@ -29,9 +30,15 @@ def segmentation_transforms(
     Args:
         spatial_dims: 2 or 3; the patch size defaults to (128, 128) or (64, 64, 32).
         patch_size: training patch size.
-        train: add patch sampling and light augmentation.
+        train: add patch sampling and augmentation.
         num_samples / pos / neg: ``RandCropByPosNegLabeld`` settings.
         ct_window: Hounsfield window for entries whose ``modality`` is CT.
+        augment: ``flip`` (a random flip along the first axis) or ``standard``, the augmentation a careful trainer
+            uses (after nnU-Net's defaults, on [0, 1] intensities): flips along every axis; a random rotation (in-plane,
+            +-15 degrees) and scaling (+-15%) with bilinear resampling, probability 0.2; Gaussian noise (std up to
+            0.03), probability 0.1; Gaussian blur (sigma 0.5-1 voxel), probability 0.2; brightness x0.75-1.25 and
+            gamma 0.7-1.5, probability 0.15 each. Resampling and blur smooth a fine perturbation away, so a protection
+            must be measured against this victim too.
 
     Returns:
         a ``monai.transforms.Compose``.
@@ -41,7 +48,12 @@ def segmentation_transforms(
         EnsureTyped,
         LoadImaged,
         RandCropByPosNegLabeld,
+        RandAdjustContrastd,
+        RandAffined,
         RandFlipd,
+        RandGaussianNoised,
+        RandGaussianSmoothd,
+        RandScaleIntensityd,
         SpatialPadd,
     )
 
@@ -52,6 +64,8 @@ def segmentation_transforms(
 
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if augment not in ("flip", "standard"):
+        raise ValueError(f"augment must be 'flip' or 'standard', got {augment!r}")
     if patch_size is None:
         patch_size = (128, 128) if spatial_dims == 2 else (64, 64, 32)
     keys = ["image", "label"]
@@ -67,6 +81,18 @@ def segmentation_transforms(
             RandCropByPosNegLabeld(
                 keys, label_key="label", spatial_size=patch_size, pos=pos, neg=neg, num_samples=num_samples
             ),
-            RandFlipd(keys, prob=0.5, spatial_axis=0),
         ]
+        if augment == "flip":
+            xs.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
+        else:
+            sigma = (0.5, 1.0)
+            xs += [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(spatial_dims)] + [
+                # in-plane rotation only: 3D scans are often anisotropic along the last axis
+                RandAffined(keys, prob=0.2, rotate_range=(0.26,) if spatial_dims == 2 else (0.0, 0.0, 0.26),
+                            scale_range=(0.15,) * spatial_dims, mode=("bilinear", "nearest"), padding_mode="zeros"),
+                RandGaussianNoised("image", prob=0.1, std=0.03),
+                RandGaussianSmoothd("image", prob=0.2, **{f"sigma_{a}": sigma for a in "xyz"[:spatial_dims]}),
+                RandScaleIntensityd("image", factors=0.25, prob=0.15),
+                RandAdjustContrastd("image", prob=0.15, gamma=(0.7, 1.5)),
+            ]
     return Compose(xs)

@@ -45,9 +45,11 @@ def train_segmenter(
     progress: bool = True,
     desc: str = "train",
     on_epoch: Callable[[int, float], None] | None = None,
+    augment: str = "flip",
 ) -> list[float]:
     """Train ``network`` with Dice + CE on patches of ``files`` (MONAI datalist entries); returns the epoch losses.
 
+    ``augment``: ``flip`` or ``standard`` (see :func:`~trust_monai.data.pipelines.segmentation_transforms`).
     ``on_epoch(epoch, loss)`` is called after each epoch (1-based), e.g. to score held-out cases for a curve.
     """
     from monai.data import DataLoader, Dataset
@@ -57,7 +59,7 @@ def train_segmenter(
     from ..data.pipelines import segmentation_transforms
 
     device = torch.device(device)
-    xform = segmentation_transforms(spatial_dims, patch_size, train=True, num_samples=num_samples)
+    xform = segmentation_transforms(spatial_dims, patch_size, train=True, num_samples=num_samples, augment=augment)
     loader = DataLoader(Dataset(list(files), xform), batch_size=max(1, batch_size // num_samples), shuffle=True)
     # batch Dice (one Dice over the whole batch, as nnU-Net does): patches without foreground then cannot pull a
     # small-structure segmenter into predicting background everywhere
@@ -187,6 +189,9 @@ class VictimStudy:
         label: name of the changed data in the report ("protected", "purified").
         train_on: which training sets get victims, among ``clean`` and ``label`` (both by default; the changed set
             alone when sweeping a budget against one clean baseline). Reliance is scored for every victim.
+        augment: the victims' training augmentation, ``flip`` or ``standard`` (flips, rotation and scaling, noise,
+            blur, brightness and gamma: what a careful trainer would use; see
+            :func:`~trust_monai.data.pipelines.segmentation_transforms`).
     """
 
     def __init__(
@@ -209,6 +214,7 @@ class VictimStudy:
         seeds: Sequence[int] | None = None,
         eval_every: int = 0,
         train_on: Sequence[str] | None = None,
+        augment: str = "flip",
     ) -> None:
         self.clean_dir, self.changed_dir, self.output_dir = Path(clean_dir), Path(changed_dir), Path(output_dir)
         self.spatial_dims, self.num_classes, self.archs = spatial_dims, num_classes, list(archs)
@@ -217,6 +223,7 @@ class VictimStudy:
         self.seeds = [int(seed)] if seeds is None else [int(s) for s in seeds]
         self.eval_every = int(eval_every)
         self.train_on = ["clean", label] if train_on is None else list(train_on)
+        self.augment = augment
 
     def _files(self, root: Path, section: str) -> list[dict]:
         from ..data.datalist import load_datalist
@@ -253,7 +260,7 @@ class VictimStudy:
                     losses = train_segmenter(
                         net, files, self.spatial_dims, self.epochs, self.patch_size, self.batch_size, lr=self.lr,
                         device=self.device, progress=self.progress, desc=f"{arch} seed {seed} on {data_name}",
-                        on_epoch=on_epoch,
+                        on_epoch=on_epoch, augment=self.augment,
                     )
                     rows = score_segmenter(net, test, self.spatial_dims, self.num_classes, self.patch_size, self.device)
                     per_case += [{"victim": arch, "seed": seed, "trained_on": data_name,
