@@ -128,3 +128,85 @@ def test_a_copy_flagged_only_within_the_checks_noise_stops_the_search(tmp_path, 
     assert len(seen) == 1 and record["kept_floor"] == 0.0005 and not (tmp_path / "floor_0.005").exists()
     assert record["candidates"][0]["poisoned"] is True and record["candidates"][0]["clearly_poisoned"] is False
     assert "within the check's own noise" in caplog.text
+
+
+def test_with_validation_images_every_flagged_candidate_is_judged_by_a_small_network(tmp_path, monkeypatch, caplog):
+    """The floors and then the variants are trained; the copy whose small network scores best on the validation
+    images is kept, and a kept sample-wise branch runs sample-wise wherever its checkpoint is loaded."""
+    _fake_checks(monkeypatch, [0.2, 0.1, 0.3, 0.2])
+    accuracies = iter([0.50, 0.40, 0.75, 0.60])
+    judged = []
+
+    def fake_probe(x, y, vx, vy, **kw):
+        judged.append((x.shape, vx.shape))
+        return next(accuracies)
+
+    monkeypatch.setattr(adaptive_module, "probe_accuracy", fake_probe)
+    validation = _items(n=6)
+    variants = ({"samplewise_perturbation": True}, {"rate_targets": (0.5, 3.0)})
+    with caplog.at_level(logging.WARNING, logger="trust_monai.purify"):
+        AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005), min_images=0, max_epochs=1,
+                             batch_size=8, progress=False, validation=validation, variants=variants).run()
+    record = json.loads((tmp_path / "dvae_adaptive.json").read_text())
+    assert [c["validation_accuracy"] for c in record["candidates"]] == [0.50, 0.40, 0.75, 0.60]
+    assert record["kept"] == "perturbation floor 0.0005, samplewise_perturbation True"
+    assert record["samplewise_perturbation"] is True and record["still_poisoned"] is True
+    assert judged[0] == (torch.Size([24, 1, 8, 8]), torch.Size([6, 1, 8, 8]))
+    for folder in ("floor_0.0005", "floor_0.005", "floor_0.0005_source_true", "floor_0.0005_rate_0.5_3"):
+        assert (tmp_path / folder / "dvae_stage2.pt").is_file()
+    assert json.loads((tmp_path / "floor_0.0005_rate_0.5_3" / "dvae_train.json").read_text())["1"]["rate_target"] == 0.5
+    assert "validation images" in caplog.text
+    # the kept checkpoint carries its branch input: a class-wise configured network runs it sample-wise
+    from trust_monai.utils.checkpoint import load_state_dict
+
+    net2 = DVAE(2, 1, 3, channels=(4, 8), latent_channels=2, latent_size=4, samplewise_perturbation=False)
+    load_state_dict(net2, tmp_path / "dvae_stage1.pt")
+    assert net2.samplewise_perturbation is True
+
+
+def test_variant_settings_are_checked():
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown setting"):
+        AdaptivePurification(_items(), _factory, "unused", variants=({"rate": 0.5},))
+
+
+def test_checkpoint_keeps_the_perturbation_source_and_old_checkpoints_keep_the_configured_one():
+    def net(source):
+        return DVAE(2, 1, 3, channels=(4, 8), latent_channels=2, latent_size=4, samplewise_perturbation=source)
+
+    trained = net("latent")
+    loaded = net(False)
+    loaded.load_state_dict(trained.state_dict())
+    x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+    assert loaded.samplewise_perturbation == "latent"
+    assert torch.equal(loaded.decompose(x, y, sample=False)[1], trained.decompose(x, y, sample=False)[1])
+    old = {k: v for k, v in trained.state_dict().items() if k != "perturbation_source"}  # written before the buffer
+    configured = net(True)
+    configured.load_state_dict(old)
+    assert configured.samplewise_perturbation is True
+
+
+def test_probe_accuracy_learns_real_images_and_not_shuffled_labels():
+    """The validation judge on real Fashion-MNIST: 1500 training images give a usable classifier; the same images
+    with shuffled labels give about chance."""
+    from trust_monai.data import prepare
+    from trust_monai.data.classification import ImageClassificationDataset
+
+    ds = ImageClassificationDataset(prepare("fashion_mnist"), "training", 2000, 1, progress=False)
+    x, y = ds.images.float() / 255, ds.labels.long()
+    acc = adaptive_module.probe_accuracy(x[:1500], y[:1500], x[1500:], y[1500:], epochs=3, batch_size=64)
+    shuffled = y[:1500][torch.randperm(1500, generator=torch.Generator().manual_seed(0))]
+    chance = adaptive_module.probe_accuracy(x[:1500], shuffled, x[1500:], y[1500:], epochs=3, batch_size=64)
+    assert acc > 0.6 and chance < 0.3, (acc, chance)
+
+
+def test_validation_images_of_another_size_stop_before_training(tmp_path):
+    import pytest
+
+    from trust_monai.errors import DatalistError
+
+    with pytest.raises(DatalistError, match=r"validation images are \(1, 6, 6\).*same size"):
+        AdaptivePurification(_items(), _factory, tmp_path, min_images=0, max_epochs=1, batch_size=8, progress=False,
+                             validation=_items(n=4, size=6)).run()
+    assert not any(tmp_path.iterdir())

@@ -102,19 +102,38 @@ class DVAE(nn.Module):
         self.to_logvar = conv(channels[-1], latent_channels, 1)
         self.from_latent = conv(latent_channels, channels[-1], 1)
         self.decoder = _Decoder(spatial_dims, in_channels, channels, sigmoid=True)
-        if isinstance(samplewise_perturbation, str) and samplewise_perturbation.lower() in ("true", "false"):
-            samplewise_perturbation = as_bool(samplewise_perturbation)  # as typed on the command line
-        if samplewise_perturbation not in (True, False, "latent"):
-            raise ValueError(f"samplewise_perturbation must be true, false or 'latent', got {samplewise_perturbation!r}")
         self.has_perturbation = bool(perturbation)
-        self.samplewise_perturbation = samplewise_perturbation if samplewise_perturbation == "latent" else bool(
-            samplewise_perturbation)
+        # the branch's input is part of what a checkpoint means: kept in a buffer, so weights trained with one
+        # input are never run with another whatever the loading config says (see _load_from_state_dict)
+        self.register_buffer("perturbation_source", torch.zeros((), dtype=torch.uint8))
+        self.set_perturbation_source(samplewise_perturbation)
         self.latent_size = None if latent_size in (None, [], ()) else [int(s) for s in (
             latent_size if isinstance(latent_size, (list, tuple)) else [latent_size] * spatial_dims)]
         if self.has_perturbation:
             grid = self.latent_size or [1] * spatial_dims
             self.class_embedding = nn.Parameter(0.1 * torch.randn(self.num_classes, channels[-1], *grid))
             self.perturbation_decoder = _Decoder(spatial_dims, in_channels, channels, sigmoid=False)
+
+    _SOURCES = (False, True, "latent")
+
+    def set_perturbation_source(self, samplewise_perturbation) -> None:
+        """What the perturbation branch reads besides the class embedding (see the class docstring)."""
+        if isinstance(samplewise_perturbation, str) and samplewise_perturbation.lower() in ("true", "false"):
+            samplewise_perturbation = as_bool(samplewise_perturbation)  # as typed on the command line
+        if samplewise_perturbation not in self._SOURCES:
+            raise ValueError(f"samplewise_perturbation must be true, false or 'latent', got {samplewise_perturbation!r}")
+        self.samplewise_perturbation = samplewise_perturbation if samplewise_perturbation == "latent" else bool(
+            samplewise_perturbation)
+        self.perturbation_source.fill_(self._SOURCES.index(self.samplewise_perturbation))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "perturbation_source"
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if key in missing_keys:  # a checkpoint written before the source was stored: the configured one
+            missing_keys.remove(key)
+        self.samplewise_perturbation = self._SOURCES[int(self.perturbation_source)]
 
     # -------------------------------------------------------------------------------------------------- helpers
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
