@@ -14,11 +14,13 @@ deviation over seeds where there are several) and ``WORK/matrix.png`` (heatmap o
 (``configs/grids/purify_sweep.json``: attacks labelled with ``family`` and ``strength``) also ``WORK/sweep.png``,
 accuracy against poison strength per attack family, a line per defence. An attack's other keys (``epsilon``,
 ``patch_size``, ...) override ``ue_natural`` ``train.json``; a defence ``{"defence": "dvae", "overrides": {...}}``
-is a variant of a bundle defence with its own purifier checkpoints.
+is a variant of a bundle defence with its own purifier checkpoints. ``--validation N`` copies N clean training
+images that no victim sees (those after ``max_train``) to ``WORK/validation``; an override value ``"@validation"``
+names that folder (the D-VAE's ``validation_dir``: clean images a defender holds to choose among purifiers).
 
     python scripts/purify_matrix.py --work /tmp/purify_matrix [--grid configs/grids/purify_matrix.json] \
         [--attack_dir lsp=/path/to/lsp_poisoned ...] [--only_attacks lsp,ar] [--only_defences none,dvae] \
-        [--max_train 20000] [--victim_epochs 5] [--victim_seeds 0 1 2]
+        [--max_train 20000] [--victim_epochs 5] [--victim_seeds 0 1 2] [--validation 2000]
 """
 
 from __future__ import annotations
@@ -44,6 +46,29 @@ def _bundle(name: str, config: str, **overrides) -> None:
         cmd += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def _validation_set(clean: Path, work: Path, start: int, count: int) -> Path:
+    """``work/validation``: clean training images ``start .. start + count - 1`` copied with their own datalist."""
+    import shutil
+
+    from trust_monai.utils.fileio import atomic_write_text
+
+    out = work / "validation"
+    datalist = json.loads((clean / "dataset.json").read_text())
+    entries = datalist["training"][start : start + count]
+    if len(entries) < count:
+        raise SystemExit(f"--validation {count}: {clean} has only {len(datalist['training']) - start} training images "
+                         f"after the first {start} the victims use")
+    for e in entries:
+        dst = out / e["image"]
+        if not dst.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(clean / e["image"], dst)
+    datalist.update(training=entries, test=[], numTraining=len(entries), numTest=0,
+                    description=f"clean validation images: training images {start}-{start + count - 1} of {clean}")
+    atomic_write_text(out / "dataset.json", json.dumps(datalist, indent=1) + "\n")
+    return out
 
 
 def _read(path: Path) -> list[dict]:
@@ -166,6 +191,8 @@ def main(argv=None) -> int:
     p.add_argument("--victim_epochs", type=int, default=None, help="override the grid's victim_epochs")
     p.add_argument("--victim_seeds", type=int, nargs="+", default=None,
                    help="one victim per seed on every defended set (default: the grid's seed)")
+    p.add_argument("--validation", type=int, default=0,
+                   help="copy this many clean training images no victim sees to WORK/validation (override '@validation')")
     args = p.parse_args(argv)
     import logging
 
@@ -191,6 +218,7 @@ def main(argv=None) -> int:
     from trust_monai.networks import SmallResNet
 
     clean = data.prepare(grid.get("clean_dataset", "fashion_mnist"))
+    validation = _validation_set(Path(clean), work, n_train, args.validation) if args.validation else None
     rows = _read(work / "matrix.csv")
     seeds = args.victim_seeds if args.victim_seeds else [seed]
     done = {(r["attack"], r["defence"], _seed(r, grid)) for r in rows}
@@ -224,7 +252,12 @@ def main(argv=None) -> int:
                 train_dir = work / "defended" / attack / defence
                 # a grid defence may be a variant of a bundle defence: {"defence": "dvae", "overrides": {...}}
                 dspec = grid["defences"][defence]
-                base, knobs = dspec.get("defence", defence), dspec.get("overrides", {})
+                base, knobs = dspec.get("defence", defence), dict(dspec.get("overrides", {}))
+                for k, v in knobs.items():
+                    if v == "@validation":
+                        if validation is None:
+                            raise SystemExit(f"defence {defence} uses '@validation': pass --validation N")
+                        knobs[k] = str(validation)
                 ckpt = models if not knobs else models / defence
                 # for a cell whose data an earlier seed's victim used, both bundles find their work done and skip it
                 if base in ("vae", "dvae_stage1", "dvae"):

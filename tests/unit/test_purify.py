@@ -357,3 +357,34 @@ def test_purify_drive_colour_photograph_in_its_own_orientation(tmp_path):
     assert (diff[free][:, 0] == diff[free][:, 1]).all() and (diff[free][:, 1] == diff[free][:, 2]).all()
     moved = (diff != 0).any(-1)
     assert moved[free & (mask > 0)].mean() > 0.95 and not moved[mask == 0].any()
+
+
+def test_purify_matrix_validation_set_holds_images_no_victim_sees(tmp_path):
+    """--validation N: the N clean training images after the victims' max_train, copied with their labels into a
+    datalist the classification loader reads; asking for more than there are stops with a message."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+
+    from trust_monai.data.classification import ImageClassificationDataset
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "purify_matrix.py"
+    spec = importlib.util.spec_from_file_location("purify_matrix", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from PIL import Image
+
+    clean = tmp_path / "clean"
+    (clean / "train").mkdir(parents=True)
+    entries = []
+    for i in range(6):
+        Image.fromarray(np.full((4, 4), 40 * i, np.uint8)).save(clean / "train" / f"{i}.png")
+        entries.append({"image": f"train/{i}.png", "label": i % 3})
+    (clean / "dataset.json").write_text(json.dumps({"training": entries, "test": []}))
+    out = mod._validation_set(clean, tmp_path / "work", start=4, count=2)
+    ds = ImageClassificationDataset(out, "training", 0, 1, False)
+    assert len(ds) == 2 and ds.labels.tolist() == [1, 2]
+    assert ds.images[:, 0, 0, 0].tolist() == [160, 200]
+    with pytest.raises(SystemExit, match="only 2 training images"):
+        mod._validation_set(clean, tmp_path / "work2", start=4, count=3)
