@@ -192,7 +192,8 @@ def main(argv=None) -> int:
     p.add_argument("--victim_seeds", type=int, nargs="+", default=None,
                    help="one victim per seed on every defended set (default: the grid's seed)")
     p.add_argument("--validation", type=int, default=0,
-                   help="copy this many clean training images no victim sees to WORK/validation (override '@validation')")
+                   help="copy this many clean training images no victim sees to WORK/validation "
+                        "(override value '@validation')")
     args = p.parse_args(argv)
     import logging
 

@@ -121,7 +121,8 @@ class DVAE(nn.Module):
         if isinstance(samplewise_perturbation, str) and samplewise_perturbation.lower() in ("true", "false"):
             samplewise_perturbation = as_bool(samplewise_perturbation)  # as typed on the command line
         if samplewise_perturbation not in self._SOURCES:
-            raise ValueError(f"samplewise_perturbation must be true, false or 'latent', got {samplewise_perturbation!r}")
+            raise ValueError(
+                f"samplewise_perturbation must be true, false or 'latent', got {samplewise_perturbation!r}")
         self.samplewise_perturbation = samplewise_perturbation if samplewise_perturbation == "latent" else bool(
             samplewise_perturbation)
         self.perturbation_source.fill_(self._SOURCES.index(self.samplewise_perturbation))

@@ -99,7 +99,8 @@ class AdaptivePurification:
         for v in variants:
             unknown = set(v) - {"samplewise_perturbation", "rate_targets"}
             if unknown:
-                raise ValueError(f"variants: unknown setting(s) {sorted(unknown)}; use samplewise_perturbation, rate_targets")
+                raise ValueError(f"variants: unknown setting(s) {sorted(unknown)}; "
+                                 "use samplewise_perturbation, rate_targets")
         self.validation, self.validation_epochs = validation, int(validation_epochs)
         self.variants = [dict(v) for v in variants]
         self.dataset, self.network_factory, self.ckpt_dir = dataset, network_factory, Path(ckpt_dir)
@@ -140,9 +141,10 @@ class AdaptivePurification:
             if clearly and self.validation is not None:
                 entry["validation_accuracy"] = self._validate(images, labels)
             self.candidates.append(entry)
-            logger.info(f"{_describe(cand)}: the output "
-                        f"{'still looks poisoned to' if result.poisoned else 'passes'} the poisoning check ({', '.join(f'{k} {v:.3f}' for k, v in result.scores.items())})"
-                        + (f"; validation accuracy {entry['validation_accuracy']:.4f}" if "validation_accuracy" in entry else ""))
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in result.scores.items())
+            judged = f"; validation accuracy {entry['validation_accuracy']:.4f}" if "validation_accuracy" in entry else ""
+            logger.info(f"{_describe(cand)}: the output {'still looks poisoned to' if result.poisoned else 'passes'} "
+                        f"the poisoning check ({scores}){judged}")
             if not clearly:
                 break
         from ..utils.dist import barrier, rank_world
