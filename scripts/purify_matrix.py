@@ -90,6 +90,22 @@ def _cells(rows: list[dict]) -> dict[tuple[str, str], tuple[float, float, int]]:
     return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else float("nan"), len(v)) for k, v in acc.items()}
 
 
+def _record(new: list[dict], work: Path, grid: dict) -> list[dict]:
+    """Add this run's rows to ``WORK/matrix.csv`` and rewrite the tables; returns every row on record.
+
+    Several runs may share one work folder (different attacks side by side): under an exclusive lock the CSV is read
+    again and merged, so a run never drops the rows another one wrote since it started."""
+    import fcntl
+
+    with open(work / ".matrix.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = _read(work / "matrix.csv")
+        have = {(r["attack"], r["defence"], _seed(r, grid)) for r in rows}
+        rows += [r for r in new if (r["attack"], r["defence"], _seed(r, grid)) not in have]
+        _write(rows, work, grid)
+    return rows
+
+
 def _write(rows: list[dict], work: Path, grid: dict) -> None:
     """Table and heatmap of every cell measured so far (in the grid's order), not only this run's subset."""
     from trust_monai.utils.fileio import atomic_path, atomic_write_text
@@ -220,7 +236,7 @@ def main(argv=None) -> int:
 
     clean = data.prepare(grid.get("clean_dataset", "fashion_mnist"))
     validation = _validation_set(Path(clean), work, n_train, args.validation) if args.validation else None
-    rows = _read(work / "matrix.csv")
+    rows, new = _read(work / "matrix.csv"), []
     seeds = args.victim_seeds if args.victim_seeds else [seed]
     done = {(r["attack"], r["defence"], _seed(r, grid)) for r in rows}
     for attack in attacks:
@@ -277,15 +293,16 @@ def main(argv=None) -> int:
                     device="cuda" if torch.cuda.is_available() else "cpu", seed=victim_seed,
                 )
                 acc = ev.run()[f"{attack}/{defence}"]
-                rows.append({"attack": attack, "defence": defence, "clean_test_acc": f"{acc:.4f}", "n_train": n_train,
+                new.append({"attack": attack, "defence": defence, "clean_test_acc": f"{acc:.4f}", "n_train": n_train,
                              "victim_epochs": epochs, "train_dir": str(train_dir), "seconds": f"{time.time() - t0:.0f}",
                              "victim_seed": victim_seed})
-                _write(rows, work, grid)
+                _record(new, work, grid)
                 print(f"[matrix] {attack} x {defence} (victim seed {victim_seed}): clean test accuracy {acc * 100:.2f}%",
                       flush=True)
                 t0 = time.time()
-    _write(rows, work, grid)
-    print((work / "matrix.md").read_text())
+    if rows or new:
+        _record(new, work, grid)
+        print((work / "matrix.md").read_text())
     return 0
 
 

@@ -298,6 +298,31 @@ def test_purify_matrix_table_over_victim_seeds(tmp_path):
     assert (tmp_path / "matrix.png").stat().st_size > 0
 
 
+def test_purify_matrix_runs_sharing_a_work_folder_keep_each_others_rows(tmp_path):
+    """Two runs side by side in one work folder: each records its cells by merging with what is on disk under a lock,
+    so the second run's write keeps the row the first one wrote after the second had started, and a cell already on
+    record is not duplicated."""
+    import csv
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "purify_matrix.py"
+    spec = importlib.util.spec_from_file_location("purify_matrix", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    grid = {"attacks": {"lsp": {}, "ar": {}}, "defences": {"none": {}, "dvae": {}}, "seed": 0}
+    first = [{"attack": "lsp", "defence": "dvae", "clean_test_acc": "0.7679", "victim_seed": "0"}]
+    second = [{"attack": "ar", "defence": "dvae", "clean_test_acc": "0.7567", "victim_seed": "0"}]
+    mod._record(first, tmp_path, grid)  # run 1 finishes a cell; run 2 started before and never read it
+    rows = mod._record(second, tmp_path, grid)
+    rows = mod._record(second, tmp_path, grid)  # recorded again (a retry): still one row
+    written = list(csv.DictReader((tmp_path / "matrix.csv").open()))
+    assert sorted((r["attack"], r["clean_test_acc"]) for r in written) == [("ar", "0.7567"), ("lsp", "0.7679")]
+    assert len(rows) == 2
+    md = (tmp_path / "matrix.md").read_text()
+    assert "| lsp | 76.79 |" in md and "| ar | 75.67 |" in md
+
+
 def test_purify_matrix_budget_sweep_rows_and_plot(tmp_path):
     """A budget-sweep grid (attacks labelled with family and strength): the table keeps one row per strength in the
     grid's order and sweep.png is drawn; a grid without labels draws no sweep picture."""
