@@ -70,9 +70,11 @@ class PoisonCheckResult:
         """One line; ``after``: worded for the check of a purifier's output."""
         parts = ", ".join(f"{k} probe {v:.3f} (flag at {self.thresholds[k]:.2f})" for k, v in self.scores.items())
         if after:
-            # where the D-VAE failed in the sweep (LSP 4x, AR 4x, 32/255 blocks), 2-bit depth did better
+            # on LSP at 4x a second D-VAE run on the purified copy took converged victims from 70.9% to 78.9%
+            # (bundles/dvae_natural/docs); where the D-VAE failed in the sweep, 2-bit depth sometimes did better
             verdict = ("STILL LOOKS POISONED after purification: the purifier did not remove this poison, a model "
-                       "trained on this copy may learn it (for coarse class-wise patterns, compare --defence bit_depth)"
+                       "trained on this copy may learn it (purify this copy again: train and run the purifier with "
+                       "it as the input; or compare --defence bit_depth)"
                        if self.poisoned else "no sign of poisoning left after purification")
         else:
             verdict = "LOOKS POISONED: purify before training" if self.poisoned else "no sign of poisoning"
