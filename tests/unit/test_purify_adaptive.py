@@ -62,11 +62,11 @@ def _fake_checks(monkeypatch, scores):
 
 
 def test_stops_at_the_first_floor_whose_output_passes(tmp_path, monkeypatch):
-    seen = _fake_checks(monkeypatch, [0.1, -0.05, 0.0])
+    seen = _fake_checks(monkeypatch, [0.1, 0.1, -0.05, 0.0])  # the first floor, its second pass, the second floor
     kw = dict(max_epochs=1, batch_size=8, progress=False, check_kwargs={"seed": 3})
     paths = AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005, 0.05), min_images=0, **kw).run()
     assert [p.name for p in paths] == ["dvae_stage1.pt", "dvae_stage2.pt"]
-    assert len(seen) == 2 and not (tmp_path / "floor_0.05").exists()  # the third floor was never trained
+    assert len(seen) == 3 and not (tmp_path / "floor_0.05").exists()  # the third floor was never trained
     for k in (1, 2):  # the kept purifier is the second candidate's
         assert (tmp_path / f"dvae_stage{k}.pt").read_bytes() == (tmp_path / "floor_0.005" / f"dvae_stage{k}.pt").read_bytes()
     images, labels, ckw = seen[0]
@@ -74,16 +74,57 @@ def test_stops_at_the_first_floor_whose_output_passes(tmp_path, monkeypatch):
     assert ckw == {"seed": 3}
     record = json.loads((tmp_path / "dvae_adaptive.json").read_text())
     assert record["kept_floor"] == 0.005 and record["still_poisoned"] is False
-    assert [c["floor"] for c in record["candidates"]] == [0.0005, 0.005]
+    assert [c["floor"] for c in record["candidates"]] == [0.0005, 0.0005, 0.005]
+    assert record["candidates"][1]["second_pass"] is True and record["passes"] == 1
+    # the second pass trained on the first pass's 8-bit copy, which is what the check had judged
+    assert (tmp_path / "floor_0.0005_pass2" / "dvae_stage2.pt").is_file()
+    assert seen[1][0].shape == seen[0][0].shape and not (tmp_path / "dvae_pass2_stage1.pt").exists()
+
+
+def test_a_second_pass_that_passes_is_kept_and_inference_chains_it(tmp_path, monkeypatch):
+    """A first copy clearly flagged, its second pass not: the kept purifier is the two passes in a row, and the
+    bundle's defence built from ``purifier_checkpoints`` writes what the check judged."""
+    from trust_monai.purify import make_defence, purifier_checkpoints
+
+    seen = _fake_checks(monkeypatch, [0.1, -0.05])
+    items = _items()
+    paths = AdaptivePurification(items, _factory, tmp_path, floors=(0.0005, 0.005), min_images=0, max_epochs=1,
+                                 batch_size=8, progress=False).run()
+    assert [p.name for p in paths] == ["dvae_stage1.pt", "dvae_stage2.pt", "dvae_pass2_stage1.pt",
+                                       "dvae_pass2_stage2.pt"]
+    assert purifier_checkpoints(tmp_path) == paths and purifier_checkpoints(tmp_path, "dvae_stage1") == paths[:1]
+    record = json.loads((tmp_path / "dvae_adaptive.json").read_text())
+    assert record["passes"] == 2 and record["kept"] == "perturbation floor 0.0005, second pass on that copy"
+    assert not (tmp_path / "floor_0.005").exists()
+    x = torch.stack([it["image"] for it in items])
+    y = torch.stack([it["label"] for it in items])
+    chained = make_defence("dvae", _factory, purifier_checkpoints(tmp_path)).apply(x, y=y)
+    written = chained.mul(255).round()
+    assert (written - seen[1][0].float()).abs().max() <= 1  # float order of batched sums may flip a rounding
+    one_pass = make_defence("dvae", _factory, paths[:2]).apply(x, y=y).mul(255).round()
+    assert (one_pass - seen[0][0].float()).abs().max() <= 1 and not torch.equal(one_pass, written)
+    # a later run that keeps one pass (here: a plain D-VAE) removes the second, so inference cannot chain a stale one
+    AdaptivePurification(items, _factory, tmp_path, floors=(0.0005,), max_epochs=1, batch_size=8, progress=False).run()
+    assert purifier_checkpoints(tmp_path) == paths[:2] and not (tmp_path / "dvae_pass2_stage1.pt").exists()
+
+
+def test_odd_checkpoint_lists_are_refused():
+    import pytest
+
+    from trust_monai.errors import BundleError
+    from trust_monai.purify import make_defence
+
+    with pytest.raises(BundleError, match="3 checkpoints do not make whole passes of 2"):
+        make_defence("dvae", _factory, ["a.pt", "b.pt", "c.pt"])
 
 
 def test_every_floor_flagged_keeps_the_largest_and_says_so(tmp_path, monkeypatch, caplog):
-    _fake_checks(monkeypatch, [0.2, 0.05, 0.1])  # the scores do not rank failing candidates
+    _fake_checks(monkeypatch, [0.2, 0.2, 0.05, 0.1])  # the scores do not rank failing candidates
     with caplog.at_level(logging.WARNING, logger="trust_monai.purify"):
         AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005, 0.05), min_images=0, max_epochs=1, batch_size=8,
                              progress=False).run()
     record = json.loads((tmp_path / "dvae_adaptive.json").read_text())
-    assert record["kept_floor"] == 0.05 and record["still_poisoned"] is True and len(record["candidates"]) == 3
+    assert record["kept_floor"] == 0.05 and record["still_poisoned"] is True and len(record["candidates"]) == 4
     assert "stronger than the purifier removes" in caplog.text
     assert (tmp_path / "dvae_stage1.pt").read_bytes() == (tmp_path / "floor_0.05" / "dvae_stage1.pt").read_bytes()
 
@@ -133,8 +174,9 @@ def test_a_copy_flagged_only_within_the_checks_noise_stops_the_search(tmp_path, 
 def test_with_validation_images_every_flagged_candidate_is_judged_by_a_small_network(tmp_path, monkeypatch, caplog):
     """The floors and then the variants are trained; the copy whose small network scores best on the validation
     images is kept, and a kept sample-wise branch runs sample-wise wherever its checkpoint is loaded."""
-    _fake_checks(monkeypatch, [0.2, 0.1, 0.3, 0.2])
-    accuracies = iter([0.50, 0.40, 0.75, 0.60])
+    _fake_checks(monkeypatch, [0.2, 0.2, 0.1, 0.3, 0.2, 0.2])
+    # floor 0.0005, its second pass, floor 0.005, the two variants, then the second pass of the best first pass
+    accuracies = iter([0.50, 0.45, 0.40, 0.75, 0.60, 0.80])
     judged = []
 
     def fake_probe(x, y, vx, vy, **kw):
@@ -148,11 +190,12 @@ def test_with_validation_images_every_flagged_candidate_is_judged_by_a_small_net
         AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005), min_images=0, max_epochs=1,
                              batch_size=8, progress=False, validation=validation, variants=variants).run()
     record = json.loads((tmp_path / "dvae_adaptive.json").read_text())
-    assert [c["validation_accuracy"] for c in record["candidates"]] == [0.50, 0.40, 0.75, 0.60]
-    assert record["kept"] == "perturbation floor 0.0005, samplewise_perturbation True"
-    assert record["samplewise_perturbation"] is True and record["still_poisoned"] is True
+    assert [c["validation_accuracy"] for c in record["candidates"]] == [0.50, 0.45, 0.40, 0.75, 0.60, 0.80]
+    assert record["kept"] == "perturbation floor 0.0005, samplewise_perturbation True, second pass on that copy"
+    assert record["samplewise_perturbation"] is True and record["still_poisoned"] is True and record["passes"] == 2
     assert judged[0] == (torch.Size([24, 1, 8, 8]), torch.Size([6, 1, 8, 8]))
-    for folder in ("floor_0.0005", "floor_0.005", "floor_0.0005_source_true", "floor_0.0005_rate_0.5_3"):
+    for folder in ("floor_0.0005", "floor_0.0005_pass2", "floor_0.005", "floor_0.0005_source_true",
+                   "floor_0.0005_rate_0.5_3", "floor_0.0005_source_true_pass2"):
         assert (tmp_path / folder / "dvae_stage2.pt").is_file()
     assert json.loads((tmp_path / "floor_0.0005_rate_0.5_3" / "dvae_train.json").read_text())["1"]["rate_target"] == 0.5
     assert "validation images" in caplog.text
@@ -160,8 +203,9 @@ def test_with_validation_images_every_flagged_candidate_is_judged_by_a_small_net
     from trust_monai.utils.checkpoint import load_state_dict
 
     net2 = DVAE(2, 1, 3, channels=(4, 8), latent_channels=2, latent_size=4, samplewise_perturbation=False)
-    load_state_dict(net2, tmp_path / "dvae_stage1.pt")
-    assert net2.samplewise_perturbation is True
+    for name in ("dvae_stage1.pt", "dvae_pass2_stage1.pt"):
+        load_state_dict(net2, tmp_path / name)
+        assert net2.samplewise_perturbation is True
 
 
 def test_variant_settings_are_checked():
@@ -210,3 +254,25 @@ def test_validation_images_of_another_size_stop_before_training(tmp_path):
         AdaptivePurification(_items(), _factory, tmp_path, min_images=0, max_epochs=1, batch_size=8, progress=False,
                              validation=_items(n=4, size=6)).run()
     assert not any(tmp_path.iterdir())
+
+
+def test_inference_config_chains_a_kept_second_pass(tmp_path):
+    """``dvae_natural`` inference reads the checkpoints the rule kept: two stages, or four when a second pass was."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    def purifier(defence="dvae"):
+        parser = ConfigParser()
+        parser.read_config(str(Path(__file__).resolve().parents[2] / "bundles/dvae_natural/configs/inference.json"))
+        parser.update({"ckpt_dir": str(tmp_path), "defence": defence, "in_channels": 1})
+        return parser.get_parsed_content("purifier")
+
+    one = purifier()
+    assert [p.name for p in one.checkpoints] == ["dvae_stage1.pt", "dvae_stage2.pt"] and one.per_pass == 2
+    for k in (1, 2):
+        (tmp_path / f"dvae_pass2_stage{k}.pt").write_bytes(b"")
+    two = purifier()
+    assert [p.name for p in two.checkpoints][2:] == ["dvae_pass2_stage1.pt", "dvae_pass2_stage2.pt"]
+    assert len(two.stages) == 4 and two.per_pass == 2
+    assert [p.name for p in purifier("dvae_stage1").checkpoints] == ["dvae_stage1.pt"]

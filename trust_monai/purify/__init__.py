@@ -6,12 +6,13 @@
 - :mod:`~trust_monai.purify.adaptive`: the D-VAE whose perturbation floor the check chooses from the data.
 """
 
-from .adaptive import AdaptivePurification
+from .adaptive import AdaptivePurification, purifier_checkpoints
 from .check import PoisoningCheck, check_poisoning
 from .defences import DEFENCES, SqueezeDefence, make_defence
 from .dvae import DVAEPurifier, DVAETrainer, StageOutputs, TwoStagePurification, check_labels, dvae_loss
 
 __all__ = [
-    "AdaptivePurification", "PoisoningCheck", "check_poisoning", "DEFENCES", "SqueezeDefence", "make_defence", "DVAEPurifier", "DVAETrainer",
+    "AdaptivePurification", "purifier_checkpoints", "PoisoningCheck", "check_poisoning", "DEFENCES", "SqueezeDefence",
+    "make_defence", "DVAEPurifier", "DVAETrainer",
     "StageOutputs", "TwoStagePurification", "check_labels", "dvae_loss",
 ]

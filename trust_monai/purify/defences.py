@@ -43,5 +43,6 @@ def make_defence(name: str, network_factory=None, checkpoints=(), **kwargs) -> n
     if name == "dvae_stage1":
         return DVAEPurifier(network_factory, checkpoints[:1], reconstruct=False, name="dvae_stage1")
     if name == "dvae":
-        return DVAEPurifier(network_factory, checkpoints[:2], reconstruct=True, name="dvae")
+        # two stages per pass; four checkpoints are a kept second pass (purifier_checkpoints lists them)
+        return DVAEPurifier(network_factory, checkpoints, reconstruct=True, name="dvae", stages_per_pass=2)
     raise TrustMonaiError(f"unknown defence '{name}'; choose one of {', '.join(DEFENCES[1:])}")
