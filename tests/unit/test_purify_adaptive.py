@@ -276,3 +276,17 @@ def test_inference_config_chains_a_kept_second_pass(tmp_path):
     assert [p.name for p in two.checkpoints][2:] == ["dvae_pass2_stage1.pt", "dvae_pass2_stage2.pt"]
     assert len(two.stages) == 4 and two.per_pass == 2
     assert [p.name for p in purifier("dvae_stage1").checkpoints] == ["dvae_stage1.pt"]
+
+
+def test_a_purified_copy_flagged_within_noise_is_reported_as_such():
+    """The check after purification tells a flag its own noise explains (LSP 4x after the second pass: 0.887 against
+    0.88 on 1500 held-out images, two standard errors 0.017) from a clear one."""
+    def result(linear):
+        return PoisonCheckResult(scores={"linear": linear}, thresholds={"linear": 0.88}, poisoned=linear >= 0.88,
+                                 score=linear - 0.88, n=3000, num_classes=10, chance=0.111)
+
+    near, clear = result(0.887), result(0.953)
+    assert not near.clearly_poisoned and clear.clearly_poisoned
+    assert "FLAGGED ONLY WITHIN THE CHECK'S NOISE after purification (by 0.007" in near.summary(after=True)
+    assert "STILL LOOKS POISONED after purification" in clear.summary(after=True)
+    assert near.summary().split(";")[0].endswith("LOOKS POISONED: purify before training")  # before: always purify

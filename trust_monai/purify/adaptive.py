@@ -213,7 +213,7 @@ class AdaptivePurification:
         purified, labels = self._purified(paths, factory, data)
         images = purified.mul(255).round().to(torch.uint8)  # what the written PNGs will hold
         result = check_poisoning(images, labels, **self.check_kwargs)
-        clearly = _clearly_flagged(result)
+        clearly = result.clearly_poisoned
         entry = {**cand, "checkpoints": [str(p) for p in first + paths], "poisoned": result.poisoned,
                  "clearly_poisoned": clearly, "score": result.score, "scores": result.scores}
         if clearly and self.validation is not None:
@@ -347,13 +347,3 @@ def probe_accuracy(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y:
     with torch.no_grad():
         pred = torch.cat([net(b.to(device)).argmax(1).cpu() for b in val_x.split(512)])
     return float((pred == val_y).float().mean())
-
-
-def _clearly_flagged(result) -> bool:
-    """Some probe's held-out accuracy exceeds its threshold by more than two binomial standard errors (the held-out
-    half of the probed images)."""
-    import math
-
-    held = max(result.n // 2, 1)
-    return any(v - t > 2 * math.sqrt(t * (1 - t) / held)
-               for v, t in ((result.scores[k], result.thresholds[k]) for k in result.scores))

@@ -28,6 +28,7 @@ data run the check on a set known to be clean and pass ``thresholds=`` above its
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,10 +67,23 @@ class PoisonCheckResult:
     chance: float
     curve: dict = field(default_factory=dict)
 
+    @property
+    def clearly_poisoned(self) -> bool:
+        """Some probe's held-out accuracy exceeds its threshold by more than two binomial standard errors (the
+        held-out half of the probed images): a flag the check's own sampling noise does not explain."""
+        held = max(self.n // 2, 1)
+        return any(v - t > 2 * math.sqrt(t * (1 - t) / held)
+                   for v, t in ((self.scores[k], self.thresholds[k]) for k in self.scores))
+
     def summary(self, after: bool = False) -> str:
         """One line; ``after``: worded for the check of a purifier's output."""
         parts = ", ".join(f"{k} probe {v:.3f} (flag at {self.thresholds[k]:.2f})" for k, v in self.scores.items())
-        if after:
+        if after and self.poisoned and not self.clearly_poisoned:
+            # the copies kept this way in the sweep trained victims within 8 points of clean (LSP 4x, second pass)
+            verdict = (f"FLAGGED ONLY WITHIN THE CHECK'S NOISE after purification (by {self.score:.3f}, under two "
+                       "standard errors): most of the poison is gone, a model trained on this copy may still learn "
+                       "a little of it (to take out more, purify this copy again with it as the input)")
+        elif after:
             # on LSP at 4x a second D-VAE run on the purified copy took converged victims from 70.9% to 78.9%
             # (bundles/dvae_natural/docs); where the D-VAE failed in the sweep, 2-bit depth sometimes did better
             verdict = ("STILL LOOKS POISONED after purification: the purifier did not remove this poison, a model "
