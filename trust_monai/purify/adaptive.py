@@ -142,12 +142,9 @@ class AdaptivePurification:
         settings += [{"floor": f} for f in self.floors[1:]]
         if self.validation is not None:
             settings += [{"floor": self.floors[0], **v} for v in self.variants]
-        copies: dict[str, torch.Tensor] = {}  # first-pass outputs, the input of a second pass
         while settings:
             cand = settings.pop(0)
-            entry, copy = self._candidate(cand, copies)
-            if not cand.get("second_pass"):
-                copies[_folder(cand)] = copy
+            entry = self._candidate(cand)
             self.candidates.append(entry)
             if not entry["clearly_poisoned"]:
                 break
@@ -194,19 +191,20 @@ class AdaptivePurification:
             logger.info(f"kept {_describe(best)}: its output passes the poisoning check")
         return kept
 
-    def _candidate(self, cand: dict, copies: dict) -> tuple[dict, torch.Tensor]:
-        """Train one candidate (a second pass: on its first pass's copy), purify the training images with it in
-        memory and judge the copy; return its record and the copy."""
+    def _candidate(self, cand: dict) -> dict:
+        """Train one candidate (a second pass: on its first pass's output), purify the training images with it in
+        memory and judge the copy; return its record."""
         factory = self._factory(cand)
         kwargs = dict(self.kwargs, **({"rate_targets": cand["rate_targets"]} if "rate_targets" in cand else {}))
         first: list[Path] = []
         data: Dataset = self.dataset
         if cand.get("second_pass"):
             base = {k: v for k, v in cand.items() if k != "second_pass"}
-            source = copies[_folder(base)]
             first = [Path(p) for p in next(c for c in self.candidates if _folder(c) == _folder(base))["checkpoints"]]
             data_id = _folder(base) + ":" + "+".join(sha256_file(p)[:16] for p in first)
-            # the first pass's output before rounding: what the chained purifier's second pass receives
+            # the first pass's output before rounding, what the chained purifier's second pass receives (recomputed
+            # rather than kept from the first pass's judging: a copy per candidate would hold a large set in memory)
+            source = self._purified(first, factory, self.dataset)[0]
             data = StageOutputs(self.dataset, source.unbind(0), data_id=data_id)
         paths = TwoStagePurification(data, factory, self.ckpt_dir / _folder(cand), stages=2,
                                      batch_size=self.batch_size, perturbation_floor=cand["floor"], **kwargs).run()
@@ -222,7 +220,7 @@ class AdaptivePurification:
         judged = f"; validation accuracy {entry['validation_accuracy']:.4f}" if "validation_accuracy" in entry else ""
         logger.info(f"{_describe(cand)}: the output {'still looks poisoned to' if result.poisoned else 'passes'} "
                     f"the poisoning check ({scores}){judged}")
-        return entry, purified
+        return entry
 
     def _factory(self, cand: dict) -> Callable[[], nn.Module]:
         if "samplewise_perturbation" not in cand:
