@@ -196,6 +196,18 @@ def _plot_sweep(acc: dict, attacks: list, defences: list, grid: dict, work: Path
     plt.close(fig)
 
 
+def _subset(text: str, names: dict, flag: str, what: str) -> list[str]:
+    """The comma-separated names of ``text`` in that order (all of ``names`` when empty); a name the grid lacks stops
+    the run: a typo would otherwise measure nothing and say nothing."""
+    if not text:
+        return list(names)
+    wanted = [n for n in text.split(",") if n]
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise SystemExit(f"{flag}: {', '.join(unknown)} not in the grid's {what}: {', '.join(names)}")
+    return wanted
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", required=True, help="folder for poisoned / defended datasets, checkpoints and results")
@@ -222,10 +234,12 @@ def main(argv=None) -> int:
             grid[key] = getattr(args, key)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    # a subset given on the command line also sets the order cells run in (the most wanted first)
-    attacks = [a for a in args.only_attacks.split(",") if a in grid["attacks"]] if args.only_attacks else list(grid["attacks"])
-    defences = [d for d in args.only_defences.split(",") if d in grid["defences"]] if args.only_defences else list(grid["defences"])
     given = dict(s.split("=", 1) for s in args.attack_dir)
+    for name in given:  # a given folder is its own recipe: it needs no entry in the grid
+        grid["attacks"].setdefault(name, {})
+    # a subset given on the command line also sets the order cells run in (the most wanted first)
+    attacks = _subset(args.only_attacks, grid["attacks"], "--only_attacks", "attacks (or give one with --attack_dir)")
+    defences = _subset(args.only_defences, grid["defences"], "--only_defences", "defences")
     n_train, epochs, seed = int(grid["max_train"]), int(grid["victim_epochs"]), int(grid.get("seed", 0))
 
     import torch

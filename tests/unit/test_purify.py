@@ -323,6 +323,30 @@ def test_purify_matrix_runs_sharing_a_work_folder_keep_each_others_rows(tmp_path
     assert "| lsp | 76.79 |" in md and "| ar | 75.67 |" in md
 
 
+def test_purify_matrix_refuses_a_name_the_grid_lacks_and_takes_a_given_folder_as_an_attack(tmp_path):
+    """A typo in --only_attacks used to run nothing and say nothing; a folder given with --attack_dir needs no grid
+    entry."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "purify_matrix.py"
+    spec = importlib.util.spec_from_file_location("purify_matrix", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"attacks": {"lsp": {}}, "defences": {"none": {}, "dvae": {}}, "max_train": 10,
+                                "victim_epochs": 1}))
+    with pytest.raises(SystemExit, match=r"--only_attacks: lsp_p1 not in the grid's attacks .*: lsp"):
+        mod.main(["--work", str(tmp_path / "w"), "--grid", str(grid), "--only_attacks", "lsp_p1"])
+    with pytest.raises(SystemExit, match=r"--only_defences: dave not in the grid's defences: none, dvae"):
+        mod.main(["--work", str(tmp_path / "w"), "--grid", str(grid), "--only_defences", "none,dave"])
+    assert mod._subset("dvae,none", {"none": {}, "dvae": {}}, "--x", "defences") == ["dvae", "none"]
+    assert mod._subset("", {"none": {}, "dvae": {}}, "--x", "defences") == ["none", "dvae"]
+
+
 def test_purify_class_shift_recovers_a_classwise_pattern_on_fashion_mnist(tmp_path):
     """scripts/purify_class_shift.py on real Fashion-MNIST: a received set with one +-40/255 random pattern per class
     (about LSP at 4x, whose measured shifts are 17-22/255 RMS) gets shifts that match the patterns, and the shifted copy
