@@ -159,15 +159,24 @@ def test_check_of_the_purified_copy_reports_a_surviving_poison(tmp_path, capsys)
     assert (tmp_path / "poisoning_check_after.png").is_file() and not (tmp_path / "poisoning_check.png").exists()
 
 
-def test_a_copy_flagged_only_within_the_checks_noise_stops_the_search(tmp_path, monkeypatch, caplog):
-    """Flagged by 0.01 (under two standard errors, 0.0155): the first floor is kept and no larger one is trained."""
+def test_a_copy_flagged_only_within_the_checks_noise_gets_a_second_pass_and_no_larger_floor(tmp_path, monkeypatch,
+                                                                                               caplog):
+    """Flagged by 0.01 (under two standard errors, 0.0155): the first floor's second pass is trained and kept, and no
+    larger floor is trained (on the 16/255 block code they did worse); a second pass that is clearly flagged leaves
+    the first copy kept."""
     seen = _fake_checks(monkeypatch, [0.01, -0.1, -0.1])
-    with caplog.at_level(logging.WARNING, logger="trust_monai.purify"):
-        AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005, 0.05), min_images=0, max_epochs=1, batch_size=8,
-                             progress=False).run()
+    AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005, 0.05), min_images=0, max_epochs=1,
+                         batch_size=8, progress=False).run()
     record = json.loads((tmp_path / "dvae_adaptive.json").read_text())
-    assert len(seen) == 1 and record["kept_floor"] == 0.0005 and not (tmp_path / "floor_0.005").exists()
+    assert len(seen) == 2 and record["passes"] == 2 and not (tmp_path / "floor_0.005").exists()
     assert record["candidates"][0]["poisoned"] is True and record["candidates"][0]["clearly_poisoned"] is False
+    seen = _fake_checks(monkeypatch, [0.01, 0.1, -0.1])
+    with caplog.at_level(logging.WARNING, logger="trust_monai.purify"):
+        paths = AdaptivePurification(_items(), _factory, tmp_path / "b", floors=(0.0005, 0.005, 0.05), min_images=0,
+                                     max_epochs=1, batch_size=8, progress=False).run()
+    record = json.loads((tmp_path / "b" / "dvae_adaptive.json").read_text())
+    assert len(seen) == 2 and record["passes"] == 1 and record["kept"] == "perturbation floor 0.0005"
+    assert len(paths) == 2 and not (tmp_path / "b" / "floor_0.005").exists()
     assert "within the check's own noise" in caplog.text
 
 
@@ -290,3 +299,15 @@ def test_a_purified_copy_flagged_within_noise_is_reported_as_such():
     assert "FLAGGED ONLY WITHIN THE CHECK'S NOISE after purification (by 0.007" in near.summary(after=True)
     assert "STILL LOOKS POISONED after purification" in clear.summary(after=True)
     assert near.summary().split(";")[0].endswith("LOOKS POISONED: purify before training")  # before: always purify
+
+
+def test_with_validation_images_a_first_copy_within_noise_is_not_judged_by_the_network(tmp_path, monkeypatch):
+    """Validation images rank only clearly flagged copies: a first copy within noise, whose second pass is clearly
+    flagged, is kept without training the variants."""
+    seen = _fake_checks(monkeypatch, [0.01, 0.1])
+    monkeypatch.setattr(adaptive_module, "probe_accuracy", lambda *a, **k: 0.9)
+    AdaptivePurification(_items(), _factory, tmp_path, floors=(0.0005, 0.005), min_images=0, max_epochs=1,
+                         batch_size=8, progress=False, validation=_items(n=6)).run()
+    record = json.loads((tmp_path / "dvae_adaptive.json").read_text())
+    assert len(seen) == 2 and record["kept"] == "perturbation floor 0.0005" and record["passes"] == 1
+    assert not (tmp_path / "floor_0.0005_source_true").exists()

@@ -12,13 +12,16 @@ the floor is chosen per set:
 Rule (:class:`AdaptivePurification`): train the two stages with the first candidate floor; purify the training
 images in memory, rounded to 8 bits as the writer stores them; run :func:`~trust_monai.purify.check.check_poisoning`
 on the output. If no probe is *clearly* above its threshold (by more than two binomial standard errors of its
-held-out accuracy: about 0.02 at 1500 held-out images), keep that purifier and stop; otherwise train a **second
-pass**: the same two-stage D-VAE trained on that first copy and run on it (inference then chains the two purifiers:
-:func:`purifier_checkpoints`), judged the same way; then the next (larger) floors. If every copy is clearly flagged,
-keep the largest floor. Why a second pass before a larger floor: a pass halves what sits above the floor (above),
+held-out accuracy: about 0.02 at 1500 held-out images) and none is above it at all, keep that purifier and stop;
+otherwise train a **second pass**: the same two-stage D-VAE trained on that first copy and run on it (inference then
+chains the two purifiers: :func:`purifier_checkpoints`), judged the same way. A first copy flagged only within noise
+stops there: the second pass is kept unless it is clearly flagged (then the first). A clearly flagged first copy goes
+on to the next (larger) floors when its second pass is clearly flagged too. If every copy is clearly flagged, keep
+the largest floor. Why a second pass before a larger floor: a pass halves what sits above the floor (above),
 so a second one takes much of what the first left, at the first floor's small cost on content; on LSP at 4x its L2
 it took the check from 0.953 to 0.888 (within noise) and converged victims from 70.9% to 78.9%, where the larger
-floors had given 57.6% and 50.9%. Measured on two block codes
+floors had given 57.6% and 50.9%; on the 16/255 block code, whose first copy is flagged within noise (where larger
+floors did worse), from 78.5% to 82.4% (clean 86.7%; 12-epoch victims, 2 seeds). Measured on two block codes
 (``bundles/dvae_natural/docs/README.md``): at 16/255 the first copy was flagged by 0.007 only, and victims did worse
 at larger floors (79.3%, 75.0%, 72.4% at 0.0005, 0.005, 0.05); at 38/255 every copy was flagged by 0.14-0.18 and
 victims did better at every step (34.5%, 47.2%, 61.9%), while the check's scores of those failing copies ranked 0.005
@@ -146,9 +149,12 @@ class AdaptivePurification:
             cand = settings.pop(0)
             entry = self._candidate(cand)
             self.candidates.append(entry)
-            if not entry["clearly_poisoned"]:
+            if not entry["poisoned"] or (not entry["clearly_poisoned"] and cand.get("second_pass")):
                 break
-            if not settings and self.validation is not None:
+            if not entry["clearly_poisoned"]:  # a first floor flagged within noise: its second pass, then stop
+                settings = [s for s in settings if s.get("second_pass")][:1]
+                continue
+            if not settings and self.validation is not None and all(c["clearly_poisoned"] for c in self.candidates):
                 # the best first pass judged on the validation images gets its own second pass, once
                 first = max((c for c in self.candidates if not c.get("second_pass")),
                             key=lambda c: c["validation_accuracy"])
@@ -157,7 +163,9 @@ class AdaptivePurification:
                     settings.append(again)
         from ..utils.dist import barrier, rank_world
 
-        best = self.candidates[-1]  # the first not clearly flagged (the loop stopped there), else the last tried
+        # the last not clearly flagged (the loop stops there, or after the second pass of a first floor flagged
+        # within noise); when all are clearly flagged, the best on the validation images, else the last tried
+        best = next((c for c in reversed(self.candidates) if not c["clearly_poisoned"]), self.candidates[-1])
         if best["clearly_poisoned"] and self.validation is not None:
             best = max(self.candidates, key=lambda c: c["validation_accuracy"])
         kept = purifier_checkpoints(self.ckpt_dir, "dvae", passes=len(best["checkpoints"]) // 2)
