@@ -82,7 +82,8 @@ class AdaptivePurification:
     Args:
         dataset: training items ``{"image", "label"}`` with image-level integer labels (the check needs classes).
         network_factory: as :class:`~trust_monai.purify.dvae.TwoStagePurification`.
-        ckpt_dir: the kept purifier goes to ``ckpt_dir/dvae_stage1.pt`` / ``dvae_stage2.pt``; each candidate
+        ckpt_dir: the kept purifier goes to ``ckpt_dir/dvae_stage1.pt`` / ``dvae_stage2.pt`` (a kept second pass
+            also to ``dvae_pass2_stage1.pt`` / ``dvae_pass2_stage2.pt``: :func:`purifier_checkpoints`); each candidate
             trains in ``ckpt_dir/floor_<f>/`` (a rerun reuses finished candidates).
         floors: candidate floors, tried in this order; one floor is the plain D-VAE.
         stages, prefix: as :class:`TwoStagePurification`; the ablations (``stages=1``, ``prefix="vae"``) train one
