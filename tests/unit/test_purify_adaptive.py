@@ -106,6 +106,7 @@ def test_a_second_pass_that_passes_is_kept_and_inference_chains_it(tmp_path, mon
     # a later run that keeps one pass (here: a plain D-VAE) removes the second, so inference cannot chain a stale one
     AdaptivePurification(items, _factory, tmp_path, floors=(0.0005,), max_epochs=1, batch_size=8, progress=False).run()
     assert purifier_checkpoints(tmp_path) == paths[:2] and not (tmp_path / "dvae_pass2_stage1.pt").exists()
+    assert not (tmp_path / "dvae_adaptive.json").exists()  # the record of the two-pass choice went with it
 
 
 def test_odd_checkpoint_lists_are_refused():

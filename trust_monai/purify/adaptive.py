@@ -139,8 +139,9 @@ class AdaptivePurification:
             if self.prefix == "dvae" and self.stages == 2:
                 from ..utils.dist import rank_world
 
-                if rank_world()[0] == 0:
-                    _remove_second_pass(self.ckpt_dir)  # an earlier run's, which inference would chain
+                if rank_world()[0] == 0:  # an earlier adaptive run's second pass (inference would chain it) and
+                    _remove_second_pass(self.ckpt_dir)  # its record, which would describe another purifier
+                    (self.ckpt_dir / "dvae_adaptive.json").unlink(missing_ok=True)
             return paths
         settings = [{"floor": self.floors[0]}, {"floor": self.floors[0], "second_pass": True}]
         settings += [{"floor": f} for f in self.floors[1:]]
@@ -284,8 +285,8 @@ def _check_validation(train: Dataset, validation: Dataset) -> None:
 def purifier_checkpoints(ckpt_dir: str | os.PathLike, defence: str = "dvae", passes: int | None = None) -> list[Path]:
     """The checkpoint files a D-VAE defence reads from ``ckpt_dir``: ``vae_stage1.pt`` for ``vae``;
     ``dvae_stage1.pt`` (``dvae_stage1``, the ablation); ``dvae_stage{1,2}.pt`` for ``dvae``, followed by
-    ``dvae_pass2_stage{1,2}.pt`` when :class:`AdaptivePurification` kept a second pass (``passes``: which names to
-    give, whatever is on disk)."""
+    ``dvae_pass2_stage{1,2}.pt`` when :class:`AdaptivePurification` kept a second pass (``passes``, 1 or 2: which
+    names to give, whatever is on disk)."""
     root = Path(ckpt_dir)
     if defence == "vae":
         return [root / "vae_stage1.pt"]
@@ -293,8 +294,8 @@ def purifier_checkpoints(ckpt_dir: str | os.PathLike, defence: str = "dvae", pas
         return [root / "dvae_stage1.pt"]
     if passes is None:
         passes = 2 if all((root / f"dvae_pass2_stage{k}.pt").is_file() for k in (1, 2)) else 1
-    return [root / f"dvae_stage{k}.pt" for k in (1, 2)] + [root / f"dvae_pass{p}_stage{k}.pt"
-                                                           for p in range(2, passes + 1) for k in (1, 2)]
+    return [root / f"dvae_stage{k}.pt" for k in (1, 2)] + [root / f"dvae_pass2_stage{k}.pt" for k in (1, 2)
+                                                           if passes == 2]
 
 
 def _remove_second_pass(ckpt_dir: Path) -> None:

@@ -79,7 +79,8 @@ class PoisonCheckResult:
         """One line; ``after``: worded for the check of a purifier's output."""
         parts = ", ".join(f"{k} probe {v:.3f} (flag at {self.thresholds[k]:.2f})" for k, v in self.scores.items())
         if after and self.poisoned and not self.clearly_poisoned:
-            # the copies kept this way in the sweep trained victims within 8 points of clean (LSP 4x, second pass)
+            # LSP 4x after the second pass reads so (0.887 against 0.88): converged victims 8.1 points below clean,
+            # where the first copy's, clearly flagged, were 15.8 below (bundles/dvae_natural/docs)
             verdict = (f"FLAGGED ONLY WITHIN THE CHECK'S NOISE after purification (by {self.score:.3f}, under two "
                        "standard errors): most of the poison is gone, a model trained on this copy may still learn "
                        "a little of it (to take out more, purify this copy again with it as the input)")
