@@ -1,18 +1,27 @@
 """Benchmark (issue 23): fixed-n CERTIFY vs sequential ``decide`` vs input-specific ``certify_adaptive``, side by side
 in one run, on the Fashion-MNIST test set with the drs_natural bundle's RS base model.
 
-For every image (its own noise seed, the same for every mode), in this order: ``Smooth.decide`` at each radius,
-``Smooth.certify_adaptive``, then Cohen et al.'s ``Smooth.certify`` with ``n0`` + ``n`` samples; each call is timed
-on its own. ``decide`` and ``certify_adaptive`` get ``max_samples = n``, so all three modes have the same budget and
-the same alpha. One row per image goes to ``OUT/rows.csv`` as soon as the image is done (a rerun with the same
-settings resumes after the last finished image); ``OUT/summary.md`` / ``summary.json`` hold, per radius, the certified
-accuracy of fixed n and of decide, the mean forward passes of each and their ratio, the wall-clock ratio, and for
-adaptive the mean forward passes and the average certified radius (ACR: radius if correct, else 0) against fixed n.
+For every image, ``Smooth.decide`` at each radius, ``Smooth.certify_adaptive`` and Cohen et al.'s ``Smooth.certify``
+(``n0`` + ``n`` samples) run with the same alpha and the same budget (``max_samples = n``). One row per image goes to
+``OUT/rows*.csv`` as soon as the image is done (a rerun with the same settings resumes); ``OUT/summary.md`` /
+``summary.json`` hold, per radius, the certified accuracy of fixed n and of decide, the mean forward passes of each
+and their ratio, the wall-clock ratio, and for adaptive the mean forward passes and the average certified radius
+(ACR: radius if correct, else 0) against fixed n.
+
+**Replay** (all images after the first ``--timed``): the base model runs once per image, on one recorded stream of
+``max(n0 + n, pilot + n)`` noisy samples (its own noise seed); every mode then reads its samples from the start of
+that stream in order (selection first, then estimation), exactly as it would read fresh ones. Each mode alone sees
+i.i.d. samples, so each result is a faithful draw of that mode (the modes share their noise, as they share a seed
+in the timed rows), and the forward passes a mode *would* spend are counted exactly; the base model's cost is paid
+once instead of once per mode (about 2x less CPU). The first ``--timed`` images run every mode on its own forward
+passes, timed on its own: the wall-clock ratios come from those rows only.
 
     python scripts/bench_sequential_certify.py --checkpoint bundles/drs_natural/models/base_models.pt \\
-        --images 500 --n 100000 --out outputs/bench_sequential
+        --images 500 --n 100000 --out outputs/bench_sequential [--shard 0 --shards 2]
 
-(the issue's protocol: sigma 0.5, alpha 0.001, radii 0.25 / 0.5 / 0.75 / 1.0, n = 100,000, n0 = 100.)
+(the issue's protocol: sigma 0.5, alpha 0.001, radii 0.25 / 0.5 / 0.75 / 1.0, n = 100,000, n0 = 100.) Shards split
+the images (index modulo ``--shards``) between processes that write their own ``rows-K.csv``; ``--summarize``
+merges them.
 """
 
 from __future__ import annotations
@@ -31,16 +40,17 @@ import torch
 
 def _summary(rows: list[dict], radii: list[float], n0: int, n: int) -> dict:
     label = np.array([int(r["label"]) for r in rows])
-    out: dict = {"images": len(rows), "n0": n0, "n": n, "radii": {}}
+    timed = [r for r in rows if r.get("replay", "0") == "0"]  # wall-clock only where every mode ran its own passes
+    out: dict = {"images": len(rows), "timed_images": len(timed), "n0": n0, "n": n, "radii": {}}
     fixed_pred = np.array([int(r["fixed_pred"]) for r in rows])
     fixed_r = np.array([float(r["fixed_radius"]) for r in rows])
-    fixed_t = sum(float(r["fixed_time"]) for r in rows)
+    fixed_t = sum(float(r["fixed_time"]) for r in timed)
     fixed_used = float(np.mean([int(r["fixed_used"]) for r in rows]))
     for rad in radii:
         k = f"{rad:g}"
         d_pred = np.array([int(r[f"decide_pred@{k}"]) for r in rows])
         d_used = float(np.mean([int(r[f"decide_used@{k}"]) for r in rows]))
-        d_t = sum(float(r[f"decide_time@{k}"]) for r in rows)
+        d_t = sum(float(r[f"decide_time@{k}"]) for r in timed)
         acc_fixed = float(np.mean((fixed_pred == label) & (fixed_r >= rad)))
         acc_decide = float(np.mean(d_pred == label))
         agree = float(np.mean(((fixed_pred == label) & (fixed_r >= rad)) == (d_pred == label)))
@@ -50,7 +60,7 @@ def _summary(rows: list[dict], radii: list[float], n0: int, n: int) -> dict:
     a_pred = np.array([int(r["adaptive_pred"]) for r in rows])
     a_r = np.array([float(r["adaptive_radius"]) for r in rows])
     a_used = float(np.mean([int(r["adaptive_used"]) for r in rows]))
-    a_t = sum(float(r["adaptive_time"]) for r in rows)
+    a_t = sum(float(r["adaptive_time"]) for r in timed)
     out["adaptive"] = {"passes": a_used, "pass_ratio": fixed_used / a_used,
                        "acr": float(np.mean(np.where(a_pred == label, a_r, 0.0))),
                        "acr_fixed": float(np.mean(np.where(fixed_pred == label, fixed_r, 0.0))),
@@ -148,7 +158,8 @@ def _oracle(rows: list[dict], n0: int, n: int, alpha: float, sigma: float, toler
 
 def _markdown(s: dict, radii: list[float]) -> str:
     lines = [f"{s['images']} images; fixed: n0 = {s['n0']}, n = {s['n']}; decide / adaptive: n0 = {s['n0']}, "
-             f"max_samples = {s['n']}", "",
+             f"max_samples = {s['n']}; wall-clock ratios from the first {s['timed_images']} images (every mode on its own "
+             "forward passes), the rest replayed from one recorded stream per image", "",
              "| radius | cert. acc. fixed | cert. acc. decide | same verdict | passes fixed | passes decide | "
              "pass ratio | wall-clock ratio |", "|---|---|---|---|---|---|---|---|"]
     for r in radii:
@@ -177,6 +188,35 @@ def _markdown(s: dict, radii: list[float]) -> str:
     return "\n".join(lines) + "\n"
 
 
+class _Replay(torch.nn.Module):
+    """Stands in for the base model: one-hot logits of the recorded predictions ``preds``, read in order from
+    ``pos`` (so a mode sees the recorded stream exactly as it would see fresh samples)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes, self.preds, self.pos = num_classes, torch.zeros(0, dtype=torch.long), 0
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        b = batch.shape[0]
+        if self.pos + b > len(self.preds):
+            raise IndexError(f"replay stream exhausted: {self.pos} + {b} > {len(self.preds)} recorded samples")
+        p = self.preds[self.pos:self.pos + b]
+        self.pos += b
+        return torch.nn.functional.one_hot(p, self.num_classes).float()
+
+
+@torch.no_grad()
+def _record(net: torch.nn.Module, x: torch.Tensor, sigma: float, num: int, batch: int, seed: int) -> torch.Tensor:
+    """The base model's predictions on ``num`` noisy copies of ``x`` (noise from ``seed``), in order."""
+    gen = torch.Generator(x.device).manual_seed(seed)
+    out = []
+    for start in range(0, num, batch):
+        b = min(batch, num - start)
+        noise = torch.randn((b, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
+        out.append(net(x.unsqueeze(0) + sigma * noise).argmax(1).cpu())
+    return torch.cat(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="drs_natural base_models.pt (holding at least 'rs')")
@@ -192,10 +232,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timed", type=int, default=20,
+                    help="the first TIMED images run every mode on its own forward passes (the wall-clock rows); "
+                         "the rest replay one recorded stream per image")
+    ap.add_argument("--compile", action="store_true",
+                    help="record the replay streams through torch.compile (about 1.2x on this CPU; the timed rows "
+                         "stay eager: their varying batch sizes would recompile)")
+    ap.add_argument("--shard", type=int, default=0)
+    ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--out", default="outputs/bench_sequential")
     ap.add_argument("--summarize", action="store_true",
                     help="sample nothing: rewrite OUT/summary.* (with the oracle bound) from the rows already in OUT")
     args = ap.parse_args()
+    args.num_classes = 10
+    if not 0 <= args.shard < args.shards:
+        ap.error(f"--shard must be in 0 .. {args.shards - 1}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -219,11 +270,12 @@ def main() -> None:
     settings["adaptive_rule"] = "two-stage, pilot 1% of n"  # rows of the earlier sequential rule do not mix in
     settings["checkpoint_sha256"] = sha256_file(args.checkpoint)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    path = out / "rows.csv"
+    suffix = f"-{args.shard}" if args.shards > 1 else ""
+    path = out / f"rows{suffix}.csv"
     rows = []
-    if path.is_file():
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r["settings"] == key]
+    for p in sorted(out.glob("rows*.csv")):  # every shard's rows (the summary merges them)
+        with open(p, newline="") as f:
+            rows += [r for r in csv.DictReader(f) if r["settings"] == key]
     done = {int(r["index"]) for r in rows}
 
     def report() -> str:
@@ -240,40 +292,55 @@ def main() -> None:
         print(report() if rows else f"no rows with these settings in {path}")
         return
     smooth.decide(ds[0]["image"].to(args.device), args.radii[0], args.alpha, args.n, args.batch, n0=args.n0)  # warm-up
+    recorder = torch.compile(net, dynamic=False) if args.compile else net  # after the warm-up set its layout
+    replay = _Replay(args.num_classes)
+    replayed = Smooth(replay, args.num_classes, args.sigma, channels_last=False)
+    stream_len = max(args.n0 + args.n, max(args.n0, args.n // 100) + args.n)  # fixed; adaptive's pilot + budget
     for i in range(len(ds)):
-        if i in done:
+        if i in done or i % args.shards != args.shard:
             continue
         item = ds[i]
         x, y = item["image"].to(args.device), int(item["label"])
-        row: dict = {"index": i, "label": y, "settings": key}
-        for r in args.radii:
-            smooth.manual_seed(args.seed + i)
+        timed = i < args.timed
+        row: dict = {"index": i, "label": y, "settings": key, "replay": int(not timed)}
+        if not timed:
             t = time.perf_counter()
-            pred, used = smooth.decide(x, r, args.alpha, args.n, args.batch, n0=args.n0)
+            replay.preds = _record(recorder, x, args.sigma, stream_len, args.batch, args.seed + i)
+            row["stream_time"] = time.perf_counter() - t
+        run = smooth if timed else replayed
+        for r in args.radii:
+            run.manual_seed(args.seed + i)
+            replay.pos = 0
+            t = time.perf_counter()
+            pred, used = run.decide(x, r, args.alpha, args.n, args.batch, n0=args.n0)
             row.update({f"decide_pred@{r:g}": pred, f"decide_used@{r:g}": used,
                         f"decide_time@{r:g}": time.perf_counter() - t})
-        smooth.manual_seed(args.seed + i)
+        run.manual_seed(args.seed + i)
+        replay.pos = 0
         t = time.perf_counter()
-        pred, radius, used = smooth.certify_adaptive(x, args.alpha, args.n, args.batch, n0=args.n0,
-                                                     tolerance=args.tolerance)
+        pred, radius, used = run.certify_adaptive(x, args.alpha, args.n, args.batch, n0=args.n0,
+                                                  tolerance=args.tolerance)
         row.update({"adaptive_pred": pred, "adaptive_radius": radius, "adaptive_used": used,
                     "adaptive_time": time.perf_counter() - t})
-        smooth.manual_seed(args.seed + i)
+        run.manual_seed(args.seed + i)
+        replay.pos = 0
         t = time.perf_counter()
-        pred, radius = smooth.certify(x, args.n0, args.n, args.alpha, args.batch)
+        pred, radius = run.certify(x, args.n0, args.n, args.alpha, args.batch)
         row.update({"fixed_pred": pred, "fixed_radius": radius, "fixed_used": args.n0 + args.n,
                     "fixed_time": time.perf_counter() - t})
         rows.append({k: str(v) for k, v in row.items()})
+        mine = [r for r in rows if int(r["index"]) % args.shards == args.shard]
+        fields = list(dict.fromkeys(k for r in mine for k in r))
         with open(path.with_suffix(".tmp"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+            w = csv.DictWriter(f, fieldnames=fields, lineterminator="\n", restval="")
             w.writeheader()
-            w.writerows(rows)
+            w.writerows(mine)
         path.with_suffix(".tmp").replace(path)
         s = _summary(rows, args.radii, args.n0, args.n)
         s.update(settings=settings, host=platform.node(), torch_threads=torch.get_num_threads(), device=args.device)
-        atomic_write_text(out / "summary.json", json.dumps(s, indent=1) + "\n")
-        atomic_write_text(out / "summary.md", _markdown(s, args.radii))
-        print(f"image {i}: fixed r={row['fixed_radius']:.3f} ({row['fixed_time']:.1f}s), "
+        atomic_write_text(out / f"summary{suffix}.json", json.dumps(s, indent=1) + "\n")
+        atomic_write_text(out / f"summary{suffix}.md", _markdown(s, args.radii))
+        print(f"image {i}{'' if timed else ' (replay)'}: fixed r={row['fixed_radius']:.3f} ({row['fixed_time']:.1f}s), "
               f"adaptive r={row['adaptive_radius']:.3f} used {row['adaptive_used']}, decide used "
               + ", ".join(str(row[f'decide_used@{r:g}']) for r in args.radii), flush=True)
     if rows:
