@@ -217,3 +217,36 @@ class TestBadInput(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestBenchReplay(unittest.TestCase):
+    """``scripts/bench_sequential_certify.py`` replays one recorded stream per image for every mode: each mode must
+    read it from the start, selection first, in order, and never past its end."""
+
+    def test_modes_read_the_recorded_stream_in_order(self):
+        import importlib.util
+        from pathlib import Path
+
+        path = Path(__file__).resolve().parents[2] / "scripts" / "bench_sequential_certify.py"
+        spec = importlib.util.spec_from_file_location("bench_sequential_certify", path)
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        n0, n = 50, 2000
+        x = _point(0.3)
+        stream = bench._record(Linear([1.0, 0, 0, 0]), x, SIGMA, n0 + n, 300, 7)
+        self.assertEqual(stream.shape, (n0 + n,))
+        replay = bench._Replay(2)
+        replay.preds = stream
+        smooth = Smooth(replay, 2, SIGMA, channels_last=False)
+        pred, radius = smooth.certify(x, n0, n, ALPHA, 300)
+        top = int(torch.bincount(stream[:n0], minlength=2).argmax())
+        k = int((stream[n0:] == top).sum())
+        self.assertEqual(pred, top)
+        self.assertAlmostEqual(radius, SIGMA * norm.ppf(float(cp_lower(k, n, ALPHA))), places=9)
+        self.assertEqual(smooth.last_record.counts, [k])
+        replay.pos = 0
+        _, used = smooth.decide(x, 0.1, ALPHA, n, 300, n0=n0)
+        self.assertEqual(replay.pos, used)  # every pass it counts came from the stream, in order
+        replay.pos = 0
+        with self.assertRaisesRegex(IndexError, "replay stream exhausted"):
+            smooth.certify(x, n0, n + 1, ALPHA, 300)
