@@ -158,8 +158,8 @@ def _oracle(rows: list[dict], n0: int, n: int, alpha: float, sigma: float, toler
 
 def _markdown(s: dict, radii: list[float]) -> str:
     lines = [f"{s['images']} images; fixed: n0 = {s['n0']}, n = {s['n']}; decide / adaptive: n0 = {s['n0']}, "
-             f"max_samples = {s['n']}; wall-clock ratios from the first {s['timed_images']} images (every mode on its own "
-             "forward passes), the rest replayed from one recorded stream per image", "",
+             f"max_samples = {s['n']}; wall-clock ratios from the first {s['timed_images']} images (every mode on its "
+             "own forward passes), the rest replayed from one recorded stream per image", "",
              "| radius | cert. acc. fixed | cert. acc. decide | same verdict | passes fixed | passes decide | "
              "pass ratio | wall-clock ratio |", "|---|---|---|---|---|---|---|---|"]
     for r in radii:
