@@ -12,8 +12,8 @@ and their ratio, the wall-clock ratio, and for adaptive the mean forward passes 
 ``max(n0 + n, pilot + n)`` noisy samples (its own noise seed); every mode then reads its samples from the start of
 that stream in order (selection first, then estimation), exactly as it would read fresh ones. Each mode alone sees
 i.i.d. samples, so each result is a faithful draw of that mode (the modes share their noise, as they share a seed
-in the timed rows), and the forward passes a mode *would* spend are counted exactly; the base model's cost is paid
-once instead of once per mode (about 2x less CPU). The first ``--timed`` images run every mode on its own forward
+in the timed rows), and the forward passes a mode *would* spend are counted exactly; the base model runs once per
+image instead of once per mode (fixed n's passes plus adaptive's and the decides' become one stream). The first ``--timed`` images run every mode on its own forward
 passes, timed on its own: the wall-clock ratios come from those rows only.
 
     python scripts/bench_sequential_certify.py --checkpoint bundles/drs_natural/models/base_models.pt \\
@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+NUM_CLASSES = 10  # Fashion-MNIST
 
 
 def _summary(rows: list[dict], radii: list[float], n0: int, n: int) -> dict:
@@ -244,7 +246,6 @@ def main() -> None:
     ap.add_argument("--summarize", action="store_true",
                     help="sample nothing: rewrite OUT/summary.* (with the oracle bound) from the rows already in OUT")
     args = ap.parse_args()
-    args.num_classes = 10
     if not 0 <= args.shard < args.shards:
         ap.error(f"--shard must be in 0 .. {args.shards - 1}")
     if args.threads:
@@ -257,13 +258,13 @@ def main() -> None:
     from trust_monai.networks import SmallResNet
     from trust_monai.utils.fileio import atomic_write_text, sha256_file
 
-    models = SmoothingModels(lambda: SmallResNet(2, 1, 10, widths=args.widths, blocks=[1] * len(args.widths)), 2,
+    models = SmoothingModels(lambda: SmallResNet(2, 1, NUM_CLASSES, widths=args.widths, blocks=[1] * len(args.widths)), 2,
                              members=["rs"])
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     models.load_state_dict({k: v for k, v in state.items() if k.startswith("nets.rs.")})
     net = models.member("rs").to(args.device).eval()
     ds = ImageClassificationDataset(prepare("fashion_mnist"), "test", args.images, 1, progress=False)
-    smooth = Smooth(net, 10, args.sigma)
+    smooth = Smooth(net, NUM_CLASSES, args.sigma)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(args, k) for k in ("n0", "n", "alpha", "sigma", "radii", "tolerance", "seed")}
@@ -293,8 +294,8 @@ def main() -> None:
         return
     smooth.decide(ds[0]["image"].to(args.device), args.radii[0], args.alpha, args.n, args.batch, n0=args.n0)  # warm-up
     recorder = torch.compile(net, dynamic=False) if args.compile else net  # after the warm-up set its layout
-    replay = _Replay(args.num_classes)
-    replayed = Smooth(replay, args.num_classes, args.sigma, channels_last=False)
+    replay = _Replay(NUM_CLASSES)
+    replayed = Smooth(replay, NUM_CLASSES, args.sigma, channels_last=False)
     stream_len = max(args.n0 + args.n, max(args.n0, args.n // 100) + args.n)  # fixed; adaptive's pilot + budget
     for i in range(len(ds)):
         if i in done or i % args.shards != args.shard:
