@@ -13,7 +13,8 @@ and their ratio, the wall-clock ratio, and for adaptive the mean forward passes 
 that stream in order (selection first, then estimation), exactly as it would read fresh ones. Each mode alone sees
 i.i.d. samples, so each result is a faithful draw of that mode (the modes share their noise, as they share a seed
 in the timed rows), and the forward passes a mode *would* spend are counted exactly; the base model runs once per
-image instead of once per mode (fixed n's passes plus adaptive's and the decides' become one stream). The first ``--timed`` images run every mode on its own forward
+image instead of once per mode (fixed n's passes plus adaptive's and the decides' become one stream). The first
+``--timed`` images run every mode on its own forward
 passes, timed on its own: the wall-clock ratios come from those rows only.
 
     python scripts/bench_sequential_certify.py --checkpoint bundles/drs_natural/models/base_models.pt \\
@@ -258,7 +259,8 @@ def main() -> None:
     from trust_monai.networks import SmallResNet
     from trust_monai.utils.fileio import atomic_write_text, sha256_file
 
-    models = SmoothingModels(lambda: SmallResNet(2, 1, NUM_CLASSES, widths=args.widths, blocks=[1] * len(args.widths)), 2,
+    models = SmoothingModels(lambda: SmallResNet(2, 1, NUM_CLASSES, widths=args.widths,
+                                                 blocks=[1] * len(args.widths)), 2,
                              members=["rs"])
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     models.load_state_dict({k: v for k, v in state.items() if k.startswith("nets.rs.")})
