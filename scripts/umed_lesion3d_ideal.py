@@ -82,10 +82,11 @@ def main() -> None:
     patch = tuple(args.patch)
     if len(patch) != dims:
         p.error(f"--patch needs {dims} sizes for a {args.victim} victim")
-    train = load_datalist(Path(prepare("mni152_lesions_2d")) if dims == 2 else d3, "training", keys=("image", "label"))
+    d2 = Path(prepare("mni152_lesions_2d"))
+    train = load_datalist(d2 if dims == 2 else d3, "training", keys=("image", "label"))
     test = load_datalist(d3, "test", keys=("image", "label"))
-    stored: dict[str, list[int]] = {}
-    for e in json.loads((Path(prepare("mni152_lesions_2d")) / "dataset.json").read_text())["test"]:
+    stored: dict[str, list[int]] = {}  # the slices the 2D set keeps of each test subject
+    for e in json.loads((d2 / "dataset.json").read_text())["test"]:
         stored.setdefault(e["case"], []).append(e["slice"])
     set_determinism(args.seed)
     net = victim_network(args.arch, dims, 1, 2)
